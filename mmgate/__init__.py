@@ -1,0 +1,13 @@
+"""mmgate: an asyncio SMTP server with Python smtpd's API, and a gateway for GNU Mailman 3.
+
+``from mmgate import SMTPServer, SMTPChannel, DebuggingServer, loop`` is the
+one-line change that moves smtpd code onto mmgate.
+"""
+
+__version__ = "0.1.0"
+
+from mmgate.channel import SMTPChannel
+from mmgate.debugging import DebuggingServer
+from mmgate.server import SMTPServer, loop
+
+__all__ = ["DebuggingServer", "SMTPChannel", "SMTPServer", "__version__", "loop"]

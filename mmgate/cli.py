@@ -1,0 +1,164 @@
+"""The ``mmgate`` command: one entry point, a subcommand per job.
+
+Errors in arguments are one line on stderr and exit status 2, so a wrong
+flag in a unit file or a script is obvious at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from mmgate import __version__
+from mmgate.server import SMTPServer, loop
+
+_BUILTIN_CLASSES = ("DebuggingServer", "PureProxy", "MailmanProxy")
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` into a tuple, or a UsageError naming it."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{what} must be HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+def resolve_server_class(name: str) -> type[SMTPServer]:
+    """A built-in class name, or a dotted ``module.Class`` path."""
+    if name in _BUILTIN_CLASSES:
+        module_name, class_name = "mmgate", name
+    else:
+        module_name, _, class_name = name.rpartition(".")
+        if not module_name:
+            raise UsageError(
+                f"unknown class {name!r}: use {', '.join(_BUILTIN_CLASSES)} or module.Class"
+            )
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot load class {name!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, SMTPServer)):
+        raise UsageError(f"{name!r} is not an SMTPServer subclass")
+    return cls
+
+
+def smtpd_parser(prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="An RFC 5321 smtp proxy with optional RFC 1870 and RFC 6531 extensions "
+        "(the command line of Python's smtpd, on mmgate).",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"mmgate {__version__}")
+    parser.add_argument(
+        "-n",
+        "--nosetuid",
+        action="store_true",
+        help="do not setuid to 'nobody' (which is done when run as root)",
+    )
+    parser.add_argument(
+        "-c",
+        "--class",
+        dest="classname",
+        default="PureProxy",
+        help="server class: DebuggingServer, PureProxy, MailmanProxy "
+        "or module.Class (default: PureProxy)",
+    )
+    parser.add_argument(
+        "-s",
+        "--size",
+        type=int,
+        default=None,
+        help="largest message accepted, in octets (0: no limit)",
+    )
+    parser.add_argument("-u", "--smtputf8", action="store_true", help="enable SMTPUTF8")
+    parser.add_argument("-d", "--debug", action="store_true", help="debug output on stderr")
+    parser.add_argument(
+        "localspec",
+        nargs="?",
+        default="localhost:8025",
+        help="where to listen (default localhost:8025)",
+    )
+    parser.add_argument(
+        "remotespec",
+        nargs="?",
+        default="localhost:25",
+        help="the upstream relay (default localhost:25)",
+    )
+    return parser
+
+
+def _drop_privileges() -> None:
+    """Become 'nobody' after binding, as smtpd did unless -n was given."""
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    try:
+        os.setuid(pwd.getpwnam("nobody").pw_uid)
+    except (KeyError, PermissionError):
+        raise UsageError('cannot setuid "nobody"; try running with -n option') from None
+
+
+def run_smtpd(argv: Sequence[str], prog: str = "mmgate smtpd") -> int:
+    args = smtpd_parser(prog).parse_args(argv)
+    if args.size is not None and args.size < 0:
+        raise UsageError(f"--size must be 0 or more octets, not {args.size}")
+    localaddr = parse_hostport(args.localspec, what="the local address")
+    remoteaddr = parse_hostport(args.remotespec, what="the remote address")
+    cls = resolve_server_class(args.classname)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    kwargs: dict[str, object] = {"enable_SMTPUTF8": args.smtputf8}
+    if args.size is not None:
+        kwargs["data_size_limit"] = args.size
+    try:
+        cls(localaddr, remoteaddr, **kwargs)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.localspec}: {exc.strerror or exc}") from None
+    if not args.nosetuid:
+        _drop_privileges()
+    loop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"smtpd": run_smtpd}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            f"usage: mmgate {{{','.join(commands)}}} ...\n\n"
+            "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)"
+        )
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"mmgate {__version__}")
+        return 0
+    command = commands.get(argv[0])
+    try:
+        if command is None:
+            raise UsageError(f"unknown command {argv[0]!r}; try 'mmgate --help'")
+        return command(argv[1:])
+    except UsageError as exc:
+        print(f"mmgate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

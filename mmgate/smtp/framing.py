@@ -1,0 +1,262 @@
+"""Line framing for SMTP: command lines, and message text after DATA.
+
+Why it looks the way it does:
+
+* Every scan is a C-level ``bytes.find``/``rfind``/``count`` over bytes that
+  arrived once; no Python loop runs per line (the long-line check advances
+  almost a whole text-line limit per step). A 32 MiB message costs a few
+  passes over its bytes, never a pass per line.
+* Buffers are bounded whatever the client sends: a command line is dropped
+  once it passes the frame limit, and a message is dropped (keeping only the
+  last four bytes, to see the terminator) once it is refused. The session
+  survives both and gets its error reply at the end of the line or message.
+* The message ends only at CRLF.CRLF (RFC 5321 4.1.1.4). ``\\n.\\n`` or
+  ``\\r.\\r`` never end it, so a message cannot smuggle a second one past a
+  downstream server that frames differently (the 2023 "SMTP smuggling" class).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from mmgate.smtp import replies
+from mmgate.smtp.limits import Limits
+from mmgate.smtp.replies import Reply
+
+_END_OF_DATA = b"\r\n.\r\n"
+_ANY_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+
+
+class BareLinePolicy(Enum):
+    """What to do with a bare CR or LF in message text (RFC 5321 2.3.8)."""
+
+    #: Turn every bare CR or LF into CRLF, as Postfix does; the default.
+    NORMALISE = "normalise"
+    #: Refuse the message with 550 5.6.0 after its end.
+    STRICT = "strict"
+    #: Keep the bytes as the client sent them.
+    LENIENT = "lenient"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandLine:
+    """One command line, without its line ending, exactly as received."""
+
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LineTooLong:
+    """A command line longer than the frame limit arrived and was dropped."""
+
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageData:
+    """The text of one message, complete at CRLF.CRLF.
+
+    ``data`` is dot-unstuffed, ends with CRLF unless empty, and has its bare
+    line endings handled by the policy. ``error`` is set when the message is
+    refused (too big, a long line, a bare line ending under ``strict``); its
+    text was then discarded as it arrived and ``data`` is empty.
+    """
+
+    data: bytes
+    size: int
+    error: Reply | None = None
+    bare_line_endings: bool = False
+    long_lines: bool = False
+
+
+Event = CommandLine | LineTooLong | MessageData
+
+
+class _Mode(Enum):
+    COMMAND = "command"  #: reading command lines
+    DATA = "data"  #: reading message text up to CRLF.CRLF
+    DRAIN = "drain"  #: the message is refused; dropping it up to CRLF.CRLF
+
+
+class Framer:
+    """Splits a byte stream into command lines and messages.
+
+    Feed bytes with :meth:`receive_data`, then call :meth:`next_event` until
+    it returns ``None``. After a DATA command has been answered with 354, the
+    owner calls :meth:`start_data`; bytes already buffered behind the DATA
+    line then count as message text, as they do on the wire.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_check",
+        "_error",
+        "_frame_limit",
+        "_limits",
+        "_long",
+        "_mode",
+        "_overlong",
+        "_policy",
+        "_scan",
+        "_size",
+    )
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        policy: BareLinePolicy = BareLinePolicy.NORMALISE,
+    ) -> None:
+        self._limits = limits or Limits()
+        self._policy = policy
+        self._frame_limit = self._limits.frame_line
+        self._buf = bytearray()
+        self._mode = _Mode.COMMAND
+        self._scan = 0  # where the next terminator search starts
+        self._overlong = 0  # bytes of a command line dropped so far
+        self._check = 0  # start of the first line not yet length-checked
+        self._long = False
+        self._size = 0  # message bytes dropped while draining
+        self._error: Reply | None = None
+
+    @property
+    def in_data(self) -> bool:
+        return self._mode is not _Mode.COMMAND
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held now; bounded by the limits whatever the peer sends."""
+        return len(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+
+    def start_data(self) -> None:
+        """Switch to message text. The virtual CRLF is the DATA line's own."""
+        self._buf[0:0] = b"\r\n"
+        self._mode = _Mode.DATA
+        self._scan = 0
+        self._check = 2
+        self._long = False
+        self._size = 0
+        self._error = None
+
+    def next_event(self) -> Event | None:
+        if self._mode is _Mode.COMMAND:
+            return self._next_line()
+        return self._next_message()
+
+    # -- command lines ---------------------------------------------------
+    def _next_line(self) -> Event | None:
+        buf = self._buf
+        i = buf.find(b"\n", self._scan)
+        if i < 0:
+            if len(buf) > self._frame_limit:
+                # RFC 5321 4.5.3.1.4: too long. Drop it now, answer at its end.
+                self._overlong += len(buf)
+                buf.clear()
+                self._scan = 0
+            else:
+                self._scan = len(buf)
+            return None
+        self._scan = 0
+        if self._overlong or i + 1 > self._frame_limit:
+            length = self._overlong + i + 1
+            self._overlong = 0
+            del buf[: i + 1]
+            return LineTooLong(length)
+        end = i - 1 if i and buf[i - 1] == 13 else i
+        line = bytes(buf[:end])
+        del buf[: i + 1]
+        return CommandLine(line)
+
+    # -- message text ----------------------------------------------------
+    def _next_message(self) -> Event | None:
+        buf = self._buf
+        end = buf.find(_END_OF_DATA, self._scan)
+        if self._mode is _Mode.DRAIN:
+            if end < 0:
+                keep = min(len(buf), 4)
+                self._size += len(buf) - keep
+                del buf[: len(buf) - keep]
+                self._scan = 0
+                return None
+            size = self._size + end
+            del buf[: end + len(_END_OF_DATA)]
+            return self._finish(MessageData(b"", size, self._error))
+        stop = end + 2 if end >= 0 else len(buf)
+        limit = self._limits.message_size
+        if limit and stop - 2 > limit:
+            return self._refuse(replies.TOO_MUCH_DATA)
+        if not self._long and self._has_long_line(stop):
+            self._long = True
+            if not self._limits.lenient_text_lines:
+                return self._refuse(replies.TEXT_LINE_TOO_LONG)
+        if end < 0:
+            self._scan = max(len(buf) - 4, 0)
+            return None
+        data = bytes(memoryview(buf)[2:stop])
+        del buf[: end + len(_END_OF_DATA)]
+        return self._finish(self._message(data))
+
+    def _refuse(self, error: Reply) -> Event | None:
+        """Refuse the message being read: drop its text, look for its end."""
+        self._error = error
+        self._mode = _Mode.DRAIN
+        self._size = -2  # the virtual CRLF is not the client's
+        self._scan = 0
+        return self._next_message()
+
+    def _finish(self, event: MessageData) -> MessageData:
+        self._mode = _Mode.COMMAND
+        self._scan = 0
+        self._error = None
+        return event
+
+    def _has_long_line(self, stop: int) -> bool:
+        """Is a text line in ``buf[check:stop]`` over the limit?
+
+        Each step looks for the *last* LF within one limit's width, so a step
+        covers nearly a whole limit of bytes, not one line. One octet more
+        than the limit is allowed for the dot RFC 5321 4.5.3.1.6 excludes.
+        """
+        buf = self._buf
+        width = self._limits.text_line + 1
+        pos = self._check
+        while pos + width <= stop:
+            j = buf.rfind(b"\n", pos, pos + width)
+            if j < 0:
+                self._check = pos
+                return True
+            pos = j + 1
+        self._check = pos
+        return False
+
+    def _message(self, data: bytes) -> MessageData:
+        # RFC 5321 4.5.2: drop the first dot of every line that starts with one.
+        if data[:1] == b".":
+            data = data[1:]
+        data = data.replace(b"\r\n.", b"\r\n")
+        crlf = data.count(b"\r\n")
+        bare = data.count(b"\n") != crlf or data.count(b"\r") != crlf
+        if bare:
+            if self._policy is BareLinePolicy.STRICT:
+                return MessageData(b"", len(data), replies.BARE_LINE_ENDING, True)
+            if self._policy is BareLinePolicy.NORMALISE:
+                data = _ANY_LINE_ENDING.sub(b"\r\n", data)
+        return MessageData(data, len(data), None, bare, self._long)
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """The wire form of ``data`` (CRLF lines), terminator included.
+
+    The inverse of what :class:`Framer` does; used by clients of the core
+    and by the property tests that check the round trip.
+    """
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed[:1] == b".":
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"

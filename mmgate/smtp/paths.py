@@ -1,0 +1,128 @@
+"""Parsing of MAIL/RCPT arguments: reverse and forward paths, ESMTP parameters.
+
+The grammar is RFC 5321 4.1.2 (Path, Mailbox, Local-part, Domain,
+address-literal, esmtp-param), widened by RFC 6531 3.3 to UTF-8 in local
+parts and domains when the client asked for SMTPUTF8. Like smtpd, a bare
+address without angle brackets is accepted (Postel), and an RFC 5321
+appendix C source route (``<@a,@b:user@c>``) is accepted and dropped.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mmgate.smtp import limits, replies
+from mmgate.smtp.errors import ProtocolError
+from mmgate.smtp.replies import Reply
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_UTF8 = "\u0080-\U0010ffff"
+
+
+def _mailbox_re(utf8: str) -> re.Pattern[str]:
+    atom = rf"[{_ATEXT}{utf8}]+"
+    dot_string = rf"{atom}(?:\.{atom})*"
+    quoted = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{utf8}]|\\[\x20-\x7e])*"'
+    label = rf"[A-Za-z0-9{utf8}](?:[A-Za-z0-9\-{utf8}]*[A-Za-z0-9{utf8}])?"
+    domain = rf"{label}(?:\.{label})*"
+    literal = (
+        r"\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+        r"|[A-Za-z0-9\-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]"
+    )
+    return re.compile(rf"(?P<local>{dot_string}|{quoted})@(?P<domain>{domain}|{literal})")
+
+
+_MAILBOX_ASCII = _mailbox_re("")
+_MAILBOX_UTF8 = _mailbox_re(_UTF8)
+# The bracketed path, with '>' allowed inside a quoted local part.
+_ANGLE = re.compile(r'<((?:"(?:[^"\\]|\\.)*"|[^<>"])*)>')
+# A bare path (no brackets) runs to the first space outside quotes.
+_BARE = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^ "])+')
+_SOURCE_ROUTE = re.compile(r"@[^:,]+(?:,@[^:,]+)*:")
+_PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]*)(?:=([\x21-\x3c\x3e-\x7e" + _UTF8 + r"]+))?")
+
+
+def strip_keyword(keyword: str, arg: str | None) -> str | None:
+    """``FROM:``/``TO:`` off the argument; ``None`` if it is not there.
+
+    Spaces after the colon are tolerated, as smtpd and every MTA do.
+    """
+    if arg is None or arg[: len(keyword)].upper() != keyword:
+        return None
+    return arg[len(keyword) :].lstrip(" ")
+
+
+def split_path(arg: str, syntax: Reply) -> tuple[str, str]:
+    """Split ``<path> params`` into the inner path and the parameter text."""
+    if arg.startswith("<"):
+        m = _ANGLE.match(arg)
+        if m is None:
+            raise ProtocolError(syntax)
+        path, rest = m.group(1), arg[m.end() :]
+        if rest and not rest.startswith(" "):
+            raise ProtocolError(syntax)
+        return path, rest.strip(" ")
+    m = _BARE.match(arg)
+    if m is None:
+        raise ProtocolError(syntax)
+    rest = arg[m.end() :]
+    if rest and not rest.startswith(" "):
+        raise ProtocolError(syntax)
+    return m.group(0), rest.strip(" ")
+
+
+def check_mailbox(
+    path: str,
+    syntax: Reply,
+    *,
+    smtputf8: bool,
+    null_ok: bool = False,
+    postmaster_ok: bool = False,
+) -> str:
+    """Validate a path's mailbox and return it as smtpd did (no brackets).
+
+    ``<>`` is the null reverse-path (RFC 5321 4.5.5), allowed for MAIL only;
+    ``<postmaster>`` without a domain must be accepted by RCPT (4.5.1).
+    """
+    if path == "":
+        if null_ok:
+            return ""
+        raise ProtocolError(syntax)
+    route = _SOURCE_ROUTE.match(path)
+    if route:
+        path = path[route.end() :]
+    if postmaster_ok and path.lower() == "postmaster":
+        return path
+    if not path.isascii():
+        if any("\udc80" <= c <= "\udcff" for c in path):
+            raise ProtocolError(syntax)  # bytes that were not UTF-8
+        if not smtputf8:
+            raise ProtocolError(replies.NON_ASCII_ADDRESS)
+    m = (_MAILBOX_UTF8 if smtputf8 else _MAILBOX_ASCII).fullmatch(path)
+    if m is None:
+        raise ProtocolError(syntax)
+    if (
+        len(path.encode("utf-8")) > limits.PATH - 2
+        or len(m.group("local").encode("utf-8")) > limits.LOCAL_PART
+        or len(m.group("domain").encode("utf-8")) > limits.DOMAIN
+    ):
+        raise ProtocolError(replies.PATH_TOO_LONG)
+    return path
+
+
+def parse_params(text: str, syntax: Reply) -> dict[str, str | None]:
+    """ESMTP parameters as ``{KEYWORD: value or None}``; keywords upper-cased.
+
+    RFC 5321 4.1.2: ``esmtp-keyword ["=" esmtp-value]``, separated by SP.
+    A repeated keyword is a syntax error, as it has no defined meaning.
+    """
+    params: dict[str, str | None] = {}
+    for word in text.split():
+        m = _PARAM.fullmatch(word)
+        if m is None:
+            raise ProtocolError(syntax)
+        key = m.group(1).upper()
+        if key in params:
+            raise ProtocolError(syntax)
+        params[key] = m.group(2)
+    return params

@@ -1,0 +1,116 @@
+"""Every SMTP reply mmgate sends, each with its enhanced status code.
+
+One catalogue, so that a reader can see every answer the server can give and
+so that a code is never typed twice with two meanings. Basic codes are from
+RFC 5321 4.2.2, enhanced status codes from RFC 3463 (and RFC 6531 for the
+SMTPUTF8 ones). The texts keep the wording of Python's ``smtpd`` where smtpd
+had the reply, so logs and habits carry over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: a three-digit code, an RFC 3463 status, a text.
+
+    ``status`` is ``None`` for the replies RFC 2034 section 3 exempts from
+    enhanced codes (the greeting, EHLO and HELO answers).
+    """
+
+    code: int
+    status: str | None
+    text: str
+
+    def __post_init__(self) -> None:
+        # RFC 5321 4.2: "a three-digit code"; the first digit is 2..5.
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"SMTP reply code out of range: {self.code}")
+
+    @property
+    def is_success(self) -> bool:
+        return self.code < 400
+
+    @property
+    def is_temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    def with_text(self, text: str) -> Reply:
+        """The same code and status with another text (a name, a limit)."""
+        return Reply(self.code, self.status, text)
+
+    def __str__(self) -> str:
+        """The reply as one logical line, without CRLF (smtpd's push form)."""
+        if self.status:
+            return f"{self.code} {self.status} {self.text}"
+        return f"{self.code} {self.text}"
+
+    def to_bytes(self) -> bytes:
+        """Wire form; a multi-line text becomes RFC 5321 4.2.1 ``code-`` lines."""
+        lines = self.text.split("\n")
+        prefix = f"{self.status} " if self.status else ""
+        out = [f"{self.code}-{prefix}{line}" for line in lines[:-1]]
+        out.append(f"{self.code} {prefix}{lines[-1]}")
+        return ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+# --- 2xx: success ------------------------------------------------------------
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "OK")
+MESSAGE_ACCEPTED = Reply(250, "2.0.0", "OK")
+RESET_OK = Reply(250, "2.0.0", "OK")
+BYE = Reply(221, "2.0.0", "Bye")
+CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+HELP = Reply(250, "2.0.0", "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY")
+
+# --- 3xx ---------------------------------------------------------------------
+START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+# --- 4xx: temporary, the client retries --------------------------------------
+SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service not available, closing channel")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, closing channel")
+TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_FROM_HOST = Reply(421, "4.7.0", "Too many connections from your address, try again later")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing channel")
+LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
+
+# --- 5xx: permanent ----------------------------------------------------------
+BAD_SYNTAX = Reply(500, "5.5.2", "Error: bad syntax")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
+TEXT_LINE_TOO_LONG = Reply(500, "5.5.2", "Error: message text line too long (RFC 5321 4.5.3.1.6)")
+UNKNOWN_COMMAND = Reply(500, "5.5.1", 'Error: command "{}" not recognized')
+SYNTAX_HELO = Reply(501, "5.5.4", "Syntax: HELO hostname")
+SYNTAX_EHLO = Reply(501, "5.5.4", "Syntax: EHLO hostname")
+SYNTAX_NOOP = Reply(501, "5.5.4", "Syntax: NOOP")
+SYNTAX_RSET = Reply(501, "5.5.4", "Syntax: RSET")
+SYNTAX_DATA = Reply(501, "5.5.4", "Syntax: DATA")
+SYNTAX_VRFY = Reply(501, "5.5.4", "Syntax: VRFY <address>")
+SYNTAX_MAIL = Reply(501, "5.5.4", "Syntax: MAIL FROM: <address>")
+SYNTAX_MAIL_EXT = Reply(501, "5.5.4", "Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
+SYNTAX_RCPT = Reply(501, "5.5.4", "Syntax: RCPT TO: <address>")
+SYNTAX_RCPT_EXT = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-parameters>]")
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Error: bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Error: bad recipient address syntax")
+PATH_TOO_LONG = Reply(501, "5.1.3", "Error: path too long (RFC 5321 4.5.3.1)")
+BAD_BODY = Reply(501, "5.5.4", "Error: BODY can only be one of 7BIT, 8BITMIME")
+BAD_SIZE = Reply(501, "5.5.4", "Error: SIZE takes a number of octets")
+HELP_UNKNOWN = Reply(
+    501, "5.5.4", "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
+)
+EXPN_NOT_IMPLEMENTED = Reply(502, "5.5.1", "EXPN not implemented")
+VRFY_CANNOT = Reply(502, "5.5.1", "Could not VRFY {}")
+SEND_HELO_FIRST = Reply(503, "5.5.1", "Error: send HELO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
+SIZE_EXCEEDED = Reply(552, "5.3.4", "Error: message size exceeds fixed maximum message size")
+TOO_MUCH_DATA = Reply(552, "5.3.4", "Error: Too much mail data")
+NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8 (RFC 6531 3.5)")
+BARE_LINE_ENDING = Reply(550, "5.6.0", "Error: bare CR or LF in message text (RFC 5321 2.3.8)")
+MAIL_PARAMS_UNKNOWN = Reply(555, "5.5.4", "MAIL FROM parameters not recognized or not implemented")
+RCPT_PARAMS_UNKNOWN = Reply(555, "5.5.4", "RCPT TO parameters not recognized or not implemented")

@@ -1,0 +1,84 @@
+"""The SMTP session state machine, as data.
+
+Everything that decides whether a command may run now lives in this file:
+``SEQUENCE`` says which reply a command gets in a phase where it is out of
+order (RFC 5321 4.1.4 and 3.3), and ``TRANSITIONS`` says where each
+successful step leads. A move that is not in the table is a bug, raised as
+such, never a silent state change.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from mmgate.smtp import replies
+from mmgate.smtp.replies import Reply
+
+
+class Phase(Enum):
+    #: RFC 5321 4.1.4: the server greeted; the client has not sent HELO/EHLO.
+    CONNECTED = "connected"
+    #: HELO/EHLO accepted; no mail transaction (RFC 5321 3.3) is open.
+    GREETED = "greeted"
+    #: MAIL accepted: a transaction is open, no recipient yet.
+    MAIL = "mail"
+    #: At least one RCPT accepted.
+    RCPT = "rcpt"
+    #: DATA answered 354; message text is being read (RFC 5321 4.1.1.4).
+    DATA = "data"
+
+
+class Step(Enum):
+    """The successful outcomes that move a session."""
+
+    GREET = "greet"  #: HELO or EHLO accepted (a second one resets, 4.1.4)
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"  #: DATA answered 354
+    END = "end"  #: the message text ended and was answered
+    RESET = "reset"  #: RSET, or a transaction aborted
+
+
+TRANSITIONS: dict[Phase, dict[Step, Phase]] = {
+    Phase.CONNECTED: {Step.GREET: Phase.GREETED, Step.RESET: Phase.CONNECTED},
+    Phase.GREETED: {Step.GREET: Phase.GREETED, Step.MAIL: Phase.MAIL, Step.RESET: Phase.GREETED},
+    Phase.MAIL: {Step.GREET: Phase.GREETED, Step.RCPT: Phase.RCPT, Step.RESET: Phase.GREETED},
+    Phase.RCPT: {
+        Step.GREET: Phase.GREETED,
+        Step.RCPT: Phase.RCPT,
+        Step.DATA: Phase.DATA,
+        Step.RESET: Phase.GREETED,
+    },
+    Phase.DATA: {Step.END: Phase.GREETED},
+}
+
+#: Commands that need a phase, and the reply they get anywhere else.
+#: Commands not listed (HELO EHLO NOOP QUIT RSET HELP VRFY EXPN and any
+#: subclass's own) are legal in every command phase.
+SEQUENCE: dict[str, dict[Phase, Reply]] = {
+    "MAIL": {
+        Phase.CONNECTED: replies.SEND_HELO_FIRST,
+        Phase.MAIL: replies.NESTED_MAIL,
+        Phase.RCPT: replies.NESTED_MAIL,
+    },
+    "RCPT": {Phase.CONNECTED: replies.SEND_HELO_FIRST, Phase.GREETED: replies.NEED_MAIL},
+    "DATA": {
+        Phase.CONNECTED: replies.SEND_HELO_FIRST,
+        Phase.GREETED: replies.NEED_RCPT,
+        Phase.MAIL: replies.NEED_RCPT,
+    },
+}
+
+
+def out_of_sequence(verb: str, phase: Phase) -> Reply | None:
+    """The 503 for ``verb`` in ``phase``, or ``None`` if it may run."""
+    rules = SEQUENCE.get(verb)
+    return rules.get(phase) if rules else None
+
+
+def advance(phase: Phase, step: Step) -> Phase:
+    """Where ``step`` leads from ``phase``; a move not in the table is a bug."""
+    try:
+        return TRANSITIONS[phase][step]
+    except KeyError:
+        raise RuntimeError(f"Invalid step {step.name} in phase {phase.name}") from None

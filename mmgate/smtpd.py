@@ -1,0 +1,30 @@
+"""``python -m mmgate.smtpd`` is ``python -m smtpd``: the same flags, on mmgate.
+
+Also re-exports smtpd's names, so ``from mmgate import smtpd`` then
+``smtpd.SMTPServer`` reads as old code did.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
+from mmgate.cli import UsageError, run_smtpd
+from mmgate.debugging import DebuggingServer
+from mmgate.server import SMTPServer
+
+__all__ = ["DATA_SIZE_DEFAULT", "DebuggingServer", "SMTPChannel", "SMTPServer", "main"]
+
+
+def main() -> int:
+    try:
+        return run_smtpd(sys.argv[1:], prog="python -m mmgate.smtpd")
+    except UsageError as exc:
+        print(f"mmgate.smtpd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""SMTPServer and SMTPChannel as code uses them: hooks, subclasses, limits."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from mmgate import SMTPChannel, SMTPServer
+from mmgate.smtp import replies
+from tests.harness import RawClient, Recorder, serving
+
+
+def transaction(
+    c: RawClient, body: bytes = b"Subject: x\r\n\r\nhi", sender: str = "a@example.com"
+) -> tuple[int, str]:
+    assert c.cmd("EHLO example")[0] == 250
+    assert c.cmd(f"MAIL FROM:<{sender}>")[0] == 250
+    assert c.cmd("RCPT TO:<b@example.com>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    return c.cmd(body + b"\r\n.")
+
+
+def test_base_process_message_raises_not_implemented_and_client_gets_451():
+    server = SMTPServer(("127.0.0.1", 0), None)
+    with pytest.raises(NotImplementedError):
+        server.process_message(("127.0.0.1", 1), "a@b", ["c@d"], b"")
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        assert transaction(c) == (451, "4.3.0 Error: local error in processing")
+        assert c.cmd("NOOP")[0] == 250  # the session goes on
+
+
+class _Sync(SMTPServer):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.seen: list[tuple[Any, ...]] = []
+
+    def process_message(self, peer, mailfrom, rcpttos, data):  # smtpd-era signature
+        if mailfrom.startswith("slow"):
+            time.sleep(1.0)
+        if mailfrom.startswith("bad"):
+            return 42
+        self.seen.append((mailfrom, rcpttos, data, threading.current_thread().name))
+        return None
+
+
+def test_smtpd_era_process_message_without_kwargs_still_works():
+    server = _Sync(("127.0.0.1", 0), None)
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        assert transaction(c)[0] == 250
+    assert server.seen[0][:3] == ("a@example.com", ["b@example.com"], b"Subject: x\n\nhi")
+
+
+def test_sync_process_message_does_not_block_other_sessions():
+    server = _Sync(("127.0.0.1", 0), None)
+    with serving(server) as address, RawClient(address) as slow, RawClient(address) as fast:
+        slow.reply()
+        fast.reply()
+        for line in ("EHLO a", "MAIL FROM:<slow@example.com>", "RCPT TO:<b@example.com>", "DATA"):
+            slow.cmd(line)
+        slow.send(b"x\r\n.\r\n")  # process_message now sleeps for a second
+        time.sleep(0.1)
+        started = time.monotonic()
+        assert fast.cmd("NOOP")[0] == 250
+        assert time.monotonic() - started < 0.5
+        assert slow.reply()[0] == 250
+
+
+def test_bad_return_value_is_451_and_logged(caplog):
+    with serving(_Sync(("127.0.0.1", 0), None)) as address, RawClient(address) as c:
+        c.reply()
+        assert transaction(c, sender="bad@example.com")[0] == 451
+    assert "returned 42" in caplog.text
+
+
+def test_process_message_gets_mail_and_rcpt_options():
+    server = Recorder(("127.0.0.1", 0), None)
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        c.cmd("EHLO a")
+        assert c.cmd("MAIL FROM:<a@example.com> size=10 BODY=8BITMIME")[0] == 250
+        c.cmd("RCPT TO:<b@example.com>")
+        c.cmd("DATA")
+        c.cmd(b"x\r\n.")
+    got = server.messages[0]
+    assert got["mail_options"] == ["SIZE=10", "BODY=8BITMIME"]
+    assert got["rcpt_options"] == []
+
+
+class _NoDelayChannel(SMTPChannel):
+    writes = 0
+
+    def smtp_XNODELAY(self, arg):
+        value = self.conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        self.push(f"250 2.0.0 nodelay={value} peer={self.peer[0]} greeting={self.seen_greeting}")
+
+    def connection_made(self, transport):
+        write = transport.write
+
+        def counting(data):
+            type(self).writes += 1
+            write(data)
+
+        transport.write = counting
+        super().connection_made(transport)
+
+
+class _CustomServer(Recorder):
+    channel_class = _NoDelayChannel
+
+
+def test_subclass_adds_a_command_and_sockets_have_nodelay():
+    with serving(_CustomServer(("127.0.0.1", 0), None)) as address, RawClient(address) as c:
+        c.reply()
+        c.cmd("HELO client.example")
+        assert c.cmd("XNODELAY") == (250, "2.0.0 nodelay=1 peer=127.0.0.1 greeting=client.example")
+
+
+def test_pipelined_batch_is_answered_in_order_in_one_write():
+    with serving(_CustomServer(("127.0.0.1", 0), None)) as address, RawClient(address) as c:
+        c.reply()
+        c.cmd("EHLO a")
+        before = _NoDelayChannel.writes
+        c.send(
+            b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+            b"RCPT TO:<bad address>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n"
+        )
+        codes = [c.reply()[0] for _ in range(5)]
+        assert codes == [250, 250, 501, 250, 354]
+        assert _NoDelayChannel.writes - before == 1
+
+
+def test_port_in_use_raises_at_construction():
+    first = Recorder(("127.0.0.1", 0), None)
+    with pytest.raises(OSError):
+        Recorder(first.address, None)
+
+
+def test_async_context_manager_serves_then_refuses():
+    import asyncio
+
+    async def main() -> tuple[int, bool]:
+        server = Recorder(("127.0.0.1", 0), None)
+        async with server:
+            reader, writer = await asyncio.open_connection(*server.address)
+            greeting = await reader.readline()
+            writer.write(b"QUIT\r\n")
+            await reader.readline()
+            writer.close()
+        try:
+            await asyncio.open_connection(*server.address)
+            refused = False
+        except OSError:
+            refused = True
+        return int(greeting[:3]), refused
+
+    assert asyncio.run(main()) == (220, True)
+
+
+def test_idle_timeout_is_421_and_close():
+    server = Recorder(("127.0.0.1", 0), None, idle_timeout=0.3)
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        c.cmd("EHLO a")
+        time.sleep(0.15)
+        assert c.cmd("NOOP")[0] == 250  # activity re-arms the timer
+        assert c.reply() == (421, "4.4.2 Error: timeout exceeded")
+        assert c.closed()
+
+
+def test_too_many_bad_commands_is_421_and_close():
+    server = Recorder(("127.0.0.1", 0), None, max_bad_commands=3)
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        assert c.cmd("FOO")[0] == 500
+        assert c.cmd("BAR")[0] == 500
+        assert c.cmd("NOOP")[0] == 250  # a good command resets the count
+        assert c.cmd("FOO")[0] == 500
+        assert c.cmd("FOO")[0] == 500
+        assert c.cmd("FOO")[0] == 500
+        assert c.reply() == (421, str(replies.TOO_MANY_ERRORS)[4:])
+        assert c.closed()
+
+
+def test_total_connection_cap_is_421_4_7_0():
+    server = Recorder(("127.0.0.1", 0), None, max_connections=2)
+    with serving(server) as address:
+        a, b = RawClient(address), RawClient(address)
+        assert a.reply()[0] == b.reply()[0] == 220
+        with RawClient(address) as c:
+            assert c.reply() == (421, "4.7.0 Too many connections, try again later")
+            assert c.closed()
+        a.close()
+        time.sleep(0.1)
+        with RawClient(address) as d:
+            assert d.reply()[0] == 220
+        b.close()
+
+
+def test_per_client_cap_is_421_and_loopback_exemption_is_a_setting():
+    server = Recorder(("127.0.0.1", 0), None, max_connections_per_client=1)
+    server.per_client_exempt = ()
+    with serving(server) as address, RawClient(address) as a:
+        assert a.reply()[0] == 220
+        with RawClient(address) as b:
+            assert b.reply() == (
+                421,
+                "4.7.0 Too many connections from your address, try again later",
+            )
+
+
+def test_loopback_is_exempt_from_the_per_client_cap_by_default():
+    server = Recorder(("127.0.0.1", 0), None, max_connections_per_client=1)
+    with serving(server) as address, RawClient(address) as a, RawClient(address) as b:
+        assert a.reply()[0] == b.reply()[0] == 220
+
+
+def test_graceful_close_421s_idle_sessions_and_lets_a_transaction_finish():
+    import asyncio
+
+    server = Recorder(("127.0.0.1", 0), None)
+    result: dict[str, Any] = {}
+
+    async def main() -> None:
+        await server.start()
+        loop = asyncio.get_running_loop()
+
+        def clients() -> None:
+            with RawClient(server.address) as idle, RawClient(server.address) as busy:
+                idle.reply()
+                busy.reply()
+                idle.cmd("EHLO a")
+                busy.cmd("EHLO a")
+                busy.cmd("MAIL FROM:<a@example.com>")
+                busy.cmd("RCPT TO:<b@example.com>")
+                asyncio.run_coroutine_threadsafe(server.close(timeout=5), loop)
+                result["idle"] = idle.reply()
+                result["busy_data"] = busy.cmd("DATA")
+                result["busy_end"] = busy.cmd(b"x\r\n.")
+                result["busy_after"] = busy.reply()
+
+        await loop.run_in_executor(None, clients)
+
+    asyncio.run(main())
+    assert result["idle"][0] == 421
+    assert result["busy_data"][0] == 354
+    assert result["busy_end"][0] == 250
+    assert result["busy_after"][0] == 421
+    assert len(server.messages) == 1
