@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mmgate.smtp import paths, replies, state
 from mmgate.smtp.errors import ProtocolError
@@ -125,8 +125,8 @@ class SMTPChannel(asyncio.Protocol):
 
     # -- transport events ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports have the interface without the base class.
+        self._transport = transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Nagle would hold the greeting and every reply for up to 40 ms.
@@ -180,8 +180,13 @@ class SMTPChannel(asyncio.Protocol):
     def _flush(self) -> None:
         if self._out and self._transport is not None:
             out = self._out
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.send_bytes(out[0] if len(out) == 1 else b"".join(out))
         self._out = []
+
+    def send_bytes(self, data: bytes) -> None:
+        """The one place replies reach the transport: one call, one write."""
+        if self._transport is not None:
+            self._transport.write(data)
 
     def close_when_done(self) -> None:
         """Close after the queued replies are written, as asynchat did."""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from mmgate import __version__
+from mmgate.runtime import LoopChoiceError, loop_factory
 from mmgate.server import SMTPServer, loop
 
 _BUILTIN_CLASSES = ("DebuggingServer", "PureProxy", "MailmanProxy")
@@ -122,6 +123,7 @@ def run_smtpd(argv: Sequence[str], prog: str = "mmgate smtpd") -> int:
     localaddr = parse_hostport(args.localspec, what="the local address")
     remoteaddr = parse_hostport(args.remotespec, what="the remote address")
     cls = resolve_server_class(args.classname)
+    loop_factory()  # a bad MMGATE_LOOP is refused before anything binds
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -157,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command is None:
             raise UsageError(f"unknown command {argv[0]!r}; try 'mmgate --help'")
         return command(argv[1:])
-    except UsageError as exc:
+    except (UsageError, LoopChoiceError) as exc:
         print(f"mmgate: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

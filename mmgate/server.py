@@ -19,9 +19,9 @@ import signal
 import socket
 from collections import Counter
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
-from mmgate import __version__
+from mmgate import __version__, runtime
 from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
 from mmgate.smtp import replies
 from mmgate.smtp.framing import BareLinePolicy, MessageData
@@ -92,7 +92,7 @@ class _Acceptor(asyncio.Protocol):
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         server = self._server
         peer = transport.get_extra_info("peername")
         refusal = server._admission(peer)
@@ -332,7 +332,7 @@ class SMTPServer:
 
     def serve_forever(self) -> None:
         """Block serving this server until SIGTERM/SIGINT (socketserver style)."""
-        asyncio.run(self.serve())
+        runtime.run(self.serve())
 
 
 async def _serve_until_signalled(servers: list[SMTPServer]) -> None:
@@ -370,4 +370,4 @@ def loop(
     servers = list(_registry)
     if not servers:
         raise RuntimeError("no SMTPServer has been constructed")
-    asyncio.run(_serve_until_signalled(servers))
+    runtime.run(_serve_until_signalled(servers))

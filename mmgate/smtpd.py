@@ -11,6 +11,7 @@ import sys
 from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
 from mmgate.cli import UsageError, run_smtpd
 from mmgate.debugging import DebuggingServer
+from mmgate.runtime import LoopChoiceError
 from mmgate.server import SMTPServer
 
 __all__ = ["DATA_SIZE_DEFAULT", "DebuggingServer", "SMTPChannel", "SMTPServer", "main"]
@@ -19,7 +20,7 @@ __all__ = ["DATA_SIZE_DEFAULT", "DebuggingServer", "SMTPChannel", "SMTPServer", 
 def main() -> int:
     try:
         return run_smtpd(sys.argv[1:], prog="python -m mmgate.smtpd")
-    except UsageError as exc:
+    except (UsageError, LoopChoiceError) as exc:
         print(f"mmgate.smtpd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mmgate import SMTPServer
+from mmgate import SMTPServer, runtime
 
 
 class Recorder(SMTPServer):
@@ -33,7 +33,7 @@ class Recorder(SMTPServer):
 
 @contextmanager
 def serving(server: SMTPServer, close_timeout: float = 2.0) -> Iterator[tuple[str, int]]:
-    loop = asyncio.new_event_loop()
+    loop = runtime.loop_factory()()  # the loop mmgate runs on (MMGATE_LOOP)
     ready = threading.Event()
     errors: list[BaseException] = []
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mmgate import SMTPChannel, SMTPServer
+from mmgate import SMTPChannel, SMTPServer, runtime
 from mmgate.smtp import replies
 from tests.harness import RawClient, Recorder, serving
 
@@ -99,15 +99,9 @@ class _NoDelayChannel(SMTPChannel):
         value = self.conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         self.push(f"250 2.0.0 nodelay={value} peer={self.peer[0]} greeting={self.seen_greeting}")
 
-    def connection_made(self, transport):
-        write = transport.write
-
-        def counting(data):
-            type(self).writes += 1
-            write(data)
-
-        transport.write = counting
-        super().connection_made(transport)
+    def send_bytes(self, data):
+        type(self).writes += 1
+        super().send_bytes(data)
 
 
 class _CustomServer(Recorder):
@@ -159,7 +153,7 @@ def test_async_context_manager_serves_then_refuses():
             refused = True
         return int(greeting[:3]), refused
 
-    assert asyncio.run(main()) == (220, True)
+    assert runtime.run(main()) == (220, True)
 
 
 def test_idle_timeout_is_421_and_close():
@@ -246,7 +240,7 @@ def test_graceful_close_421s_idle_sessions_and_lets_a_transaction_finish():
 
         await loop.run_in_executor(None, clients)
 
-    asyncio.run(main())
+    runtime.run(main())
     assert result["idle"][0] == 421
     assert result["busy_data"][0] == 354
     assert result["busy_end"][0] == 250

@@ -1,0 +1,222 @@
+"""Benchmark of the SMTP engine: mmgate against aiosmtpd, in the same run.
+
+    python -m benchmarks.engine [--quick]
+
+Each server runs alone in a child process; the load comes from Postfix's
+``smtp-source`` (C, apt package ``postfix``), so the client is not the
+bottleneck, and from a Python client for the idle and latency figures.
+Prints each figure for both servers and the ratio against the goals of
+issue 2. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+#: (server, event loop). aiosmtpd as shipped runs on asyncio's loop; mmgate
+#: as shipped on uvloop. Both run on both, so each ratio can be read like
+#: for like as well.
+CONFIGS = (
+    ("aiosmtpd", "asyncio"),
+    ("aiosmtpd", "uvloop"),
+    ("mmgate", "asyncio"),
+    ("mmgate", "uvloop"),
+)
+SHIPPED = {"aiosmtpd": "asyncio", "mmgate": "uvloop"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int, key: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {key} for {pid}")
+
+
+@contextmanager
+def sink(kind: str, loop: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.sinks", kind, str(port), loop],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "READY":
+        proc.kill()
+        raise RuntimeError(f"{kind} did not start")
+    try:
+        yield proc, port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def smtp_source(port: int, *, sessions: int, messages: int, length: int) -> float:
+    """Seconds for smtp-source to deliver ``messages`` over persistent sessions."""
+    cmd = [
+        "smtp-source",
+        "-d",
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(length),
+        "-f",
+        "sender@example.com",
+        "-t",
+        "rcpt@example.com",
+        f"127.0.0.1:{port}",
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0 or done.stderr.strip():
+        raise RuntimeError(f"smtp-source failed: {done.stderr.strip()}")
+    return elapsed
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+        last = data.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
+        if data.endswith(b"\r\n") and last[3:4] == b" ":
+            return data
+
+
+def idle_connections(pid: int, port: int, count: int) -> float:
+    """Server RSS growth per connection that has sent EHLO and waits, in KiB."""
+    time.sleep(0.3)
+    before = rss_kib(pid)
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port))
+            read_reply(s)
+            s.sendall(b"EHLO client.example\r\n")
+            read_reply(s)
+            socks.append(s)
+        time.sleep(0.5)
+        after = rss_kib(pid)
+    finally:
+        for s in socks:
+            s.close()
+    return (after - before) / count
+
+
+def first_ehlo_ms(port: int, samples: int) -> list[float]:
+    """Time from sending EHLO on a new connection to its whole reply, in ms."""
+    out = []
+    for _ in range(samples):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            read_reply(s)
+            started = time.perf_counter()
+            s.sendall(b"EHLO client.example\r\n")
+            read_reply(s)
+            out.append((time.perf_counter() - started) * 1000)
+            s.sendall(b"QUIT\r\n")
+    return out
+
+
+@dataclass
+class Figures:
+    small_msgs_s: list[float] = field(default_factory=list)
+    large_mb_s: list[float] = field(default_factory=list)
+    large_peak_rss_mib: float = 0.0
+    idle_kib_per_conn: float = 0.0
+    ehlo_ms: list[float] = field(default_factory=list)
+
+
+def measure(kind: str, loop: str, args: argparse.Namespace) -> Figures:
+    fig = Figures()
+    with sink(kind, loop) as (proc, port):
+        smtp_source(port, sessions=16, messages=500, length=1024)  # warm up
+        fig.ehlo_ms = first_ehlo_ms(port, args.ehlo_samples)
+        fig.idle_kib_per_conn = idle_connections(proc.pid, port, args.idle)
+        for _ in range(args.repeat):
+            elapsed = smtp_source(port, sessions=16, messages=args.small, length=1024)
+            fig.small_msgs_s.append(args.small / elapsed)
+        for _ in range(args.repeat):
+            elapsed = smtp_source(port, sessions=4, messages=args.large, length=10 * 2**20)
+            fig.large_mb_s.append(args.large * 10 * 2**20 / 1e6 / elapsed)
+        fig.large_peak_rss_mib = rss_kib(proc.pid, "VmHWM") / 1024
+    return fig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer messages, for a smoke run")
+    args = parser.parse_args()
+    if shutil.which("smtp-source") is None:
+        print("smtp-source not found: apt-get install postfix", file=sys.stderr)
+        return 2
+    args.small, args.large, args.repeat = (4000, 8, 1) if args.quick else (30000, 40, 3)
+    args.idle = 1000
+    args.ehlo_samples = 50 if args.quick else 300
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; load: smtp-source "
+        f"(1 KiB: {args.small} msgs, 10 MiB: {args.large} msgs); best of {args.repeat}"
+    )
+    results = {config: measure(*config, args) for config in CONFIGS}
+    metrics = [
+        ("1 KiB msgs/s, 16 persistent conns", lambda f: max(f.small_msgs_s), "higher", ">= 2.5x"),
+        ("10 MiB MB/s, 4 conns", lambda f: max(f.large_mb_s), "higher", ">= 5x"),
+        ("peak server RSS, MiB", lambda f: f.large_peak_rss_mib, "lower", "bounded"),
+        (
+            f"KiB per idle conn ({args.idle}, after EHLO)",
+            lambda f: f.idle_kib_per_conn,
+            "lower",
+            "<= 0.5x",
+        ),
+        ("first EHLO reply, median ms", lambda f: statistics.median(f.ehlo_ms), "lower", "< 1 ms"),
+        (
+            "first EHLO reply, p99 ms",
+            lambda f: statistics.quantiles(f.ehlo_ms, n=100)[98],
+            "lower",
+            "< 1 ms",
+        ),
+    ]
+    heads = [f"{k}/{loop}" for k, loop in CONFIGS]
+    print(f"{'':<40}" + "".join(f"{h:>18}" for h in heads))
+    for name, get, _, _ in metrics:
+        print(f"{name:<40}" + "".join(f"{get(results[c]):>18.2f}" for c in CONFIGS))
+    print()
+    shipped_a = results[("aiosmtpd", SHIPPED["aiosmtpd"])]
+    shipped_m = results[("mmgate", SHIPPED["mmgate"])]
+    print(
+        f"{'mmgate vs aiosmtpd':<40}{'as shipped':>18}{'both asyncio':>18}{'both uvloop':>18}"
+        f"   goal"
+    )
+    for name, get, _, goal in metrics:
+        ratios = [get(shipped_m) / get(shipped_a)] + [
+            get(results[("mmgate", loop)]) / get(results[("aiosmtpd", loop)])
+            for loop in ("asyncio", "uvloop")
+        ]
+        print(f"{name:<40}" + "".join(f"{r:>17.2f}x" for r in ratios) + f"   {goal}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
