@@ -1,7 +1,7 @@
 """Discarding SMTP servers to benchmark: mmgate's and aiosmtpd's Sink.
 
-Run as ``python -m benchmarks.sinks KIND PORT LOOP`` (LOOP: asyncio or uvloop); prints ``READY`` once
-listening. Each runs alone in its own process, on its own core.
+Run as ``python -m benchmarks.sinks KIND PORT LOOP`` (LOOP: asyncio or
+uvloop); prints ``READY`` once listening. Each runs alone in its own process.
 """
 
 from __future__ import annotations
