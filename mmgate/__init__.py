@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from mmgate.channel import SMTPChannel
 from mmgate.debugging import DebuggingServer
+from mmgate.proxy import PureProxy
 from mmgate.server import SMTPServer, loop
 
-__all__ = ["DebuggingServer", "SMTPChannel", "SMTPServer", "__version__", "loop"]
+__all__ = ["DebuggingServer", "PureProxy", "SMTPChannel", "SMTPServer", "__version__", "loop"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
 from mmgate.smtp import paths, replies, state
@@ -143,6 +144,8 @@ class SMTPChannel(asyncio.Protocol):
             self._idle_handle.cancel()
             self._idle_handle = None
         self._transport = None
+        if not self._busy:
+            self._reset_transaction()  # a message in processing ends on its own
         self.smtp_server._channel_closed(self)
 
     def data_received(self, data: bytes) -> None:
@@ -257,11 +260,46 @@ class SMTPChannel(asyncio.Protocol):
             return limits.mail_line(size=False, smtputf8=True)
         return limits.command_line
 
+    def transaction_ended(self) -> None:
+        """Called whenever the transaction state is cleared: after a message,
+        on RSET and HELO/EHLO, and when the client leaves; must be idempotent."""
+
+    def wait_for(self, work: Awaitable[None]) -> None:
+        """Hold this session until ``work`` is done, then read on.
+
+        For a command whose verdict comes from elsewhere (an upstream's RCPT
+        reply): later pipelined commands wait in the buffer, so replies stay
+        in order (RFC 2920). ``work`` pushes its own reply; if it raises, the
+        client gets 451 4.3.0 and the session goes on.
+        """
+        self._busy = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(self._work_done)
+
+    def _work_done(self, task: asyncio.Future[None]) -> None:
+        self._busy = False
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: command failed", self._peer_text, exc_info=task.exception())
+            self.push(replies.LOCAL_ERROR)
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._transport is None:
+            self._reset_transaction()  # the client left while we waited
+            return
+        if not self._closing:
+            if not self._write_paused:
+                self._transport.resume_reading()
+            self._process()
+
     def _advance(self, step: Step) -> None:
         self._phase = state.advance(self._phase, step)
         self.smtp_state = self.DATA if self._phase is Phase.DATA else self.COMMAND
 
     def _reset_transaction(self) -> None:
+        self.transaction_ended()
         self.mailfrom = None
         self.rcpttos = []
         self.mail_options = []
@@ -294,10 +332,7 @@ class SMTPChannel(asyncio.Protocol):
     def _on_processed(self, outcome: asyncio.Future[Reply | str]) -> None:
         self._busy = False
         self._end_transaction(outcome.result())
-        if self._transport is not None and not self._closing:
-            if not self._write_paused:
-                self._transport.resume_reading()
-            self._process()
+        self._resume()
 
     def _end_transaction(self, reply: Reply | str) -> None:
         self._reset_transaction()
@@ -453,9 +488,18 @@ class SMTPChannel(asyncio.Protocol):
         if params:
             raise ProtocolError(replies.MAIL_PARAMS_UNKNOWN)
         address = paths.check_mailbox(path, syntax, smtputf8=smtputf8, null_ok=True)
-        self.mailfrom = address
-        self.mail_options = _options(text)
         self.require_SMTPUTF8 = smtputf8
+        self.accept_sender(address, _options(text))
+
+    def accept_sender(self, address: str, options: list[str]) -> None:
+        """Open the transaction for a sender whose syntax is valid.
+
+        A subclass may first ask someone else (an upstream, a policy) and
+        push its refusal instead; see :meth:`wait_for` for asking
+        asynchronously.
+        """
+        self.mailfrom = address
+        self.mail_options = options
         self._advance(Step.MAIL)
         self.push(replies.SENDER_OK)
 

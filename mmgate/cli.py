@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from mmgate import __version__
+from mmgate import __version__, config
+from mmgate.proxy import PureProxy
 from mmgate.runtime import LoopChoiceError, loop_factory
 from mmgate.server import SMTPServer, loop
 
@@ -59,6 +60,23 @@ def resolve_server_class(name: str) -> type[SMTPServer]:
     return cls
 
 
+def add_relay_options(parser: argparse.ArgumentParser) -> None:
+    """The relay-control flags every serving command takes."""
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--relay-networks",
+        metavar="NETS",
+        help="clients that may relay, comma-separated "
+        "(default 127.0.0.0/8,::1; env MMGATE_RELAY_NETWORKS)",
+    )
+    parser.add_argument(
+        "--relay-domains",
+        metavar="DOMAINS",
+        help="recipient domains anyone may relay to, comma-separated; "
+        ".example.org includes subdomains (env MMGATE_RELAY_DOMAINS)",
+    )
+
+
 def smtpd_parser(prog: str) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
@@ -89,6 +107,7 @@ def smtpd_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("-u", "--smtputf8", action="store_true", help="enable SMTPUTF8")
     parser.add_argument("-d", "--debug", action="store_true", help="debug output on stderr")
+    add_relay_options(parser)
     parser.add_argument(
         "localspec",
         nargs="?",
@@ -129,9 +148,17 @@ def run_smtpd(argv: Sequence[str], prog: str = "mmgate smtpd") -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    policy = config.relay_policy(
+        config.read_config(args.config),
+        os.environ,
+        networks=args.relay_networks,
+        domains=args.relay_domains,
+    )
     kwargs: dict[str, object] = {"enable_SMTPUTF8": args.smtputf8}
     if args.size is not None:
         kwargs["data_size_limit"] = args.size
+    if issubclass(cls, PureProxy):
+        kwargs["relay_policy"] = policy
     try:
         cls(localaddr, remoteaddr, **kwargs)  # type: ignore[arg-type]
     except OSError as exc:
@@ -159,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command is None:
             raise UsageError(f"unknown command {argv[0]!r}; try 'mmgate --help'")
         return command(argv[1:])
-    except (UsageError, LoopChoiceError) as exc:
+    except (UsageError, LoopChoiceError, config.ConfigError) as exc:
         print(f"mmgate: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ a worker thread, so a slow one never stalls other sessions) or ``async def``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import ipaddress
@@ -32,6 +33,10 @@ log = logging.getLogger("mmgate.smtp")
 
 #: What process_message may give: None (250), a reply string, or a Reply.
 ProcessResult = str | Reply | None
+
+#: The channel whose message process_message is handling, for code (a
+#: PureProxy's relay, a gateway) that needs the session behind the message.
+current_channel: contextvars.ContextVar[SMTPChannel] = contextvars.ContextVar("current_channel")
 
 #: Servers constructed and not yet closed: what :func:`loop` serves.
 _registry: list[SMTPServer] = []
@@ -224,6 +229,7 @@ class SMTPServer:
     async def _run_process_message(
         self, channel: SMTPChannel, peer: Any, mailfrom: str, rcpttos: list[str], data: bytes | str
     ) -> Reply | str:
+        current_channel.set(channel)  # in this task's own context
         kwargs: dict[str, Any] = {}
         if self._pm_options:
             kwargs = {"mail_options": channel.mail_options, "rcpt_options": channel.rcpt_options}
@@ -232,7 +238,13 @@ class SMTPServer:
                 result = self.process_message(peer, mailfrom, rcpttos, data, **kwargs)
             else:
                 call = functools.partial(
-                    self.process_message, peer, mailfrom, rcpttos, data, **kwargs
+                    contextvars.copy_context().run,
+                    self.process_message,
+                    peer,
+                    mailfrom,
+                    rcpttos,
+                    data,
+                    **kwargs,
                 )
                 result = await asyncio.get_running_loop().run_in_executor(None, call)
             if inspect.isawaitable(result):

@@ -10,17 +10,26 @@ import sys
 
 from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
 from mmgate.cli import UsageError, run_smtpd
+from mmgate.config import ConfigError
 from mmgate.debugging import DebuggingServer
+from mmgate.proxy import PureProxy
 from mmgate.runtime import LoopChoiceError
 from mmgate.server import SMTPServer
 
-__all__ = ["DATA_SIZE_DEFAULT", "DebuggingServer", "SMTPChannel", "SMTPServer", "main"]
+__all__ = [
+    "DATA_SIZE_DEFAULT",
+    "DebuggingServer",
+    "PureProxy",
+    "SMTPChannel",
+    "SMTPServer",
+    "main",
+]
 
 
 def main() -> int:
     try:
         return run_smtpd(sys.argv[1:], prog="python -m mmgate.smtpd")
-    except (UsageError, LoopChoiceError) as exc:
+    except (UsageError, LoopChoiceError, ConfigError) as exc:
         print(f"mmgate.smtpd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

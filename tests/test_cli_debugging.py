@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import socket
@@ -21,7 +22,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(*args: str, module: str = "mmgate") -> Iterator[tuple[subprocess.Popen[str], int]]:
+def running(
+    *args: str,
+    module: str = "mmgate",
+    remote: tuple[str, int] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -32,7 +38,15 @@ def running(*args: str, module: str = "mmgate") -> Iterator[tuple[subprocess.Pop
         *args,
         f"127.0.0.1:{port}",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if remote is not None:
+        cmd.append(f"{remote[0]}:{remote[1]}")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.monotonic() + 10
     while True:
         try:

@@ -1,0 +1,105 @@
+"""mmgate's settings: a TOML file, the environment, the command line.
+
+Later sources win: defaults, then the file (``--config``), then the
+environment (``MMGATE_*``), then flags. Every error is one line that names
+where the bad value came from: the file and key, the variable, or the flag.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mmgate.relay.policy import (
+    DEFAULT_NETWORKS,
+    RelayConfigError,
+    RelayPolicy,
+    parse_domains,
+    parse_networks,
+)
+
+#: Every key the file may hold, by section, with what it must be.
+SCHEMA: dict[str, dict[str, str]] = {
+    "relay": {"networks": "a list of networks", "domains": "a list of domains"},
+}
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message is the one line to print."""
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: str | None
+    data: Mapping[str, Mapping[str, Any]]
+
+    def get(self, section: str, key: str) -> Any:
+        return self.data.get(section, {}).get(key)
+
+    def where(self, section: str, key: str) -> str:
+        return f"{self.path}: {section}.{key}"
+
+
+def read_config(path: str | None) -> ConfigFile:
+    """Read and check a config file; ``None`` is the empty configuration."""
+    if path is None:
+        return ConfigFile(None, {})
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, table in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(
+                f"{path}: [{section}]: unknown section (known: {', '.join(sorted(SCHEMA))})"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section}: must be a table ([{section}])")
+        for key, value in table.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(
+                    f"{path}: {section}.{key}: unknown key "
+                    f"(known: {', '.join(sorted(SCHEMA[section]))})"
+                )
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(
+                    f"{path}: {section}.{key}: must be {SCHEMA[section][key]} (a list of strings)"
+                )
+    return ConfigFile(path, data)
+
+
+def relay_policy(
+    config: ConfigFile,
+    environ: Mapping[str, str],
+    *,
+    networks: str | None = None,
+    domains: str | None = None,
+) -> RelayPolicy:
+    """The relay policy from file, then ``MMGATE_RELAY_*``, then flags."""
+    try:
+        nets = DEFAULT_NETWORKS
+        doms: frozenset[str] = frozenset()
+        if config.get("relay", "networks") is not None:
+            nets = parse_networks(
+                config.get("relay", "networks"), source=config.where("relay", "networks")
+            )
+        if config.get("relay", "domains") is not None:
+            doms = parse_domains(
+                config.get("relay", "domains"), source=config.where("relay", "domains")
+            )
+        if "MMGATE_RELAY_NETWORKS" in environ:
+            nets = parse_networks(environ["MMGATE_RELAY_NETWORKS"], source="MMGATE_RELAY_NETWORKS")
+        if "MMGATE_RELAY_DOMAINS" in environ:
+            doms = parse_domains(environ["MMGATE_RELAY_DOMAINS"], source="MMGATE_RELAY_DOMAINS")
+        if networks is not None:
+            nets = parse_networks(networks, source="--relay-networks")
+        if domains is not None:
+            doms = parse_domains(domains, source="--relay-domains")
+    except RelayConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return RelayPolicy(nets, doms)

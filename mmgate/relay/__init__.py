@@ -1,0 +1,1 @@
+"""The relay path: who may relay, the upstream connections, the trace header."""

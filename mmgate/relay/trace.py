@@ -1,0 +1,60 @@
+"""The Received: trace header (RFC 5321 4.4) and smtpd's X-Peer: header.
+
+Every hop adds one Received: line so that loops can be detected and a
+message's path read back; RFC 5321 4.4 says an SMTP server "MUST" insert it
+on relay. The "with" keyword is from the RFC 3848 registry.
+"""
+
+from __future__ import annotations
+
+import secrets
+from email.utils import format_datetime, localtime
+
+from mmgate import __version__
+
+
+def new_id() -> str:
+    """A short unique id for logs and the Received: header's ``id`` clause."""
+    return secrets.token_hex(6).upper()
+
+
+def protocol_keyword(*, extended: bool, smtputf8: bool) -> str:
+    """RFC 3848 / RFC 6531 3.7.3 "with" keyword for this session."""
+    if smtputf8:
+        return "UTF8SMTP"
+    return "ESMTP" if extended else "SMTP"
+
+
+def received_header(
+    *,
+    helo: str,
+    client_ip: str,
+    by: str,
+    protocol: str,
+    message_id: str,
+    recipient: str | None = None,
+) -> bytes:
+    """One Received: header, folded, with CRLF line endings.
+
+    ``for`` names the recipient only when there is exactly one, as MTAs do,
+    so that a list of recipients is not disclosed to each of them.
+    """
+    literal = f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
+    helo_text = "".join(c if " " < c < "\x7f" and c not in "()\\" else "?" for c in helo) or literal
+    lines = [
+        f"Received: from {helo_text} ({literal})",
+        f"\tby {by} (mmgate {__version__}) with {protocol} id {message_id}",
+    ]
+    if recipient is not None:
+        lines.append(f"\tfor <{recipient}>")
+    lines[-1] += f"; {format_datetime(localtime())}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def insert_x_peer(message: bytes, peer_ip: str) -> bytes:
+    """smtpd PureProxy's ``X-Peer:`` header, after the last header line."""
+    end = message.find(b"\r\n\r\n")
+    header = f"X-Peer: {peer_ip}\r\n".encode()
+    if end < 0:
+        return message + (b"" if message.endswith(b"\r\n") or not message else b"\r\n") + header
+    return message[: end + 2] + header + message[end + 2 :]

@@ -1,0 +1,300 @@
+"""The upstream side of relaying: pooled sessions and per-transaction state.
+
+A client's transaction is mirrored upstream as it happens: MAIL when the
+client's MAIL is accepted (or, for a gateway, at the first relayed RCPT),
+each RCPT when the client sends it, DATA when the client's message is
+complete. So every upstream verdict reaches the client at the command it
+belongs to, and the client hears 250 after DATA only when the upstream said
+250 to it. Anything that goes wrong with the connection itself is 451, so
+the client keeps the message and retries: at least once, never at most once.
+
+Sessions are pooled: EHLO is said once per connection, and a connection
+left idle is reused for the next transaction. A pooled connection may have
+died meanwhile (the upstream restarted); the first command on it then fails
+before anything of the message was sent, and a fresh connection is tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import aiosmtplib
+from aiosmtplib import SMTPResponse
+
+from mmgate.smtp import replies
+from mmgate.smtp.replies import Reply
+
+log = logging.getLogger("mmgate.relay")
+
+_STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+#: Failures of the connection, not verdicts of the upstream.
+_LOST = (aiosmtplib.SMTPServerDisconnected, ConnectionError, OSError)
+_TIMEOUT = (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class ClientTimeouts:
+    """How long to wait for the upstream, in seconds (RFC 5321 4.5.3.2)."""
+
+    connect: float = 30.0
+    greeting: float = 300.0  #: 4.5.3.2.1 initial 220 message: 5 minutes
+    mail: float = 300.0  #: 4.5.3.2.2 MAIL command: 5 minutes
+    rcpt: float = 300.0  #: 4.5.3.2.3 RCPT command: 5 minutes
+    data_end: float = 600.0  #: 4.5.3.2.6 DATA termination: 10 minutes
+
+    @classmethod
+    def uniform(cls, seconds: float) -> ClientTimeouts:
+        return cls(seconds, seconds, seconds, seconds, seconds)
+
+
+def as_reply(code: int, message: str) -> Reply:
+    """An upstream reply as ours, keeping its enhanced status code.
+
+    When the upstream gave none, the class default (``x.0.0``) is used, so
+    every reply mmgate sends carries one.
+    """
+    m = _STATUS.match(message)
+    if m and m.group(1) == str(code)[0]:
+        status, text = m.group(0).strip(), message[m.end() :]
+    else:
+        status, text = f"{str(code)[0]}.0.0", message
+    text = text.replace("\r", "") or "(no text)"
+    if not 200 <= code <= 599:
+        return replies.UPSTREAM_LOST
+    return Reply(code, status, text)
+
+
+class Connection:
+    """One upstream SMTP session, EHLO done."""
+
+    __slots__ = ("dirty", "idle_since", "smtp")
+
+    def __init__(self, smtp: aiosmtplib.SMTP) -> None:
+        self.smtp = smtp
+        self.dirty = False  # a transaction may be open: RSET before reuse
+        self.idle_since = 0.0
+
+    def supports(self, extension: str) -> bool:
+        return self.smtp.supports_extension(extension)
+
+    @property
+    def alive(self) -> bool:
+        return self.smtp.is_connected
+
+    def close(self) -> None:
+        if self.smtp.is_connected:
+            self.smtp.close()
+
+
+class UpstreamPool:
+    """Reusable sessions to one upstream (smtpd's ``remoteaddr``)."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        local_hostname: str,
+        max_idle: int = 16,
+        max_connections: int = 64,
+        idle_timeout: float = 60.0,
+        timeouts: ClientTimeouts | None = None,
+    ) -> None:
+        self.address = address
+        self.local_hostname = local_hostname
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.timeouts = timeouts or ClientTimeouts()
+        self._idle: list[Connection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self.connects = 0  # sessions opened, for tests and stats
+
+    async def acquire(self) -> tuple[Connection, bool]:
+        """A session with no open transaction, and whether it was pooled."""
+        await self._slots.acquire()
+        try:
+            now = time.monotonic()
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.alive and now - conn.idle_since < self.idle_timeout:
+                    return conn, True
+                conn.close()
+            return await self._connect(), False
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, conn: Connection, *, reusable: bool = True) -> None:
+        self._slots.release()
+        if reusable and conn.alive and len(self._idle) < self.max_idle:
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _connect(self) -> Connection:
+        host, port = self.address
+        smtp = aiosmtplib.SMTP(
+            hostname=host,
+            port=port,
+            local_hostname=self.local_hostname,
+            timeout=self.timeouts.connect,
+            start_tls=False,
+        )
+        await smtp.connect(timeout=self.timeouts.connect)
+        try:
+            await smtp.ehlo(timeout=self.timeouts.greeting)
+        except aiosmtplib.SMTPHeloError:
+            await smtp.helo(timeout=self.timeouts.greeting)
+        self.connects += 1
+        return Connection(smtp)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                await conn.smtp.quit(timeout=5)
+            except Exception:  # the upstream may be gone: nothing to tell it
+                conn.close()
+
+
+class RelayTransaction:
+    """The upstream half of one client transaction."""
+
+    def __init__(self, pool: UpstreamPool, sender: str, *, body_8bit: bool, smtputf8: bool) -> None:
+        self.pool = pool
+        self.sender = sender
+        self.body_8bit = body_8bit
+        self.smtputf8 = smtputf8
+        self.recipients: list[str] = []
+        self._conn: Connection | None = None
+        self._refused: Reply | None = None  # the upstream's verdict on MAIL
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    async def open(self) -> Reply | None:
+        """Send MAIL upstream if not done yet: ``None``, or the client's reply."""
+        if self._conn is not None:
+            return None
+        if self._refused is not None:
+            return self._refused
+        for attempt in (1, 2):
+            try:
+                conn, pooled = await self.pool.acquire()
+            except _TIMEOUT:
+                log.warning("upstream %s: timeout while connecting", self.pool.address)
+                return replies.UPSTREAM_UNREACHABLE
+            except (aiosmtplib.SMTPException, *_LOST) as exc:
+                log.warning("upstream %s unreachable: %s", self.pool.address, exc)
+                return replies.UPSTREAM_UNREACHABLE
+            try:
+                reply = await self._mail(conn)
+            except _TIMEOUT:
+                self.pool.release(conn, reusable=False)
+                return replies.UPSTREAM_TIMEOUT
+            except (aiosmtplib.SMTPException, *_LOST) as exc:
+                self.pool.release(conn, reusable=False)
+                if pooled and attempt == 1:
+                    continue  # a stale pooled session: nothing was sent, try a new one
+                log.warning("upstream %s: lost at MAIL: %s", self.pool.address, exc)
+                return replies.UPSTREAM_LOST
+            if reply.code == 421:
+                self.pool.release(conn, reusable=False)
+                if pooled and attempt == 1:
+                    continue
+                return replies.UPSTREAM_UNREACHABLE
+            if not reply.is_success:
+                self.pool.release(conn)
+                self._refused = reply
+                return reply
+            self._conn = conn
+            return None
+        return replies.UPSTREAM_LOST  # pragma: no cover - the loop returns
+
+    async def _mail(self, conn: Connection) -> Reply:
+        smtp = conn.smtp
+        if conn.dirty:
+            await smtp.execute_command(b"RSET", timeout=self.pool.timeouts.mail)
+            conn.dirty = False
+        if self.smtputf8 and not conn.supports("smtputf8") and not self.sender.isascii():
+            return replies.NEEDS_SMTPUTF8_ADDRESS
+        args = [b"FROM:<" + self.sender.encode("utf-8") + b">"]
+        if self.body_8bit and conn.supports("8bitmime"):
+            args.append(b"BODY=8BITMIME")
+        if self.smtputf8 and conn.supports("smtputf8"):
+            args.append(b"SMTPUTF8")
+        response = await smtp.execute_command(b"MAIL", *args, timeout=self.pool.timeouts.mail)
+        conn.dirty = response.code == 250
+        return as_reply(response.code, response.message)
+
+    async def rcpt(self, address: str) -> Reply:
+        """Forward one RCPT; the reply is the upstream's verdict."""
+        failure = await self.open()
+        if failure is not None:
+            return failure
+        conn = self._conn
+        assert conn is not None
+        if not address.isascii() and not conn.supports("smtputf8"):
+            return replies.NEEDS_SMTPUTF8_ADDRESS
+        try:
+            response: SMTPResponse = await conn.smtp.execute_command(
+                b"RCPT",
+                b"TO:<" + address.encode("utf-8") + b">",
+                timeout=self.pool.timeouts.rcpt,
+            )
+        except _TIMEOUT:
+            self._drop()
+            return replies.UPSTREAM_TIMEOUT
+        except (aiosmtplib.SMTPException, *_LOST) as exc:
+            log.warning("upstream %s: lost at RCPT: %s", self.pool.address, exc)
+            self._drop()
+            return replies.UPSTREAM_LOST
+        if response.code == 421:
+            self._drop()
+            return replies.UPSTREAM_LOST
+        if response.code in (250, 251):
+            self.recipients.append(address)
+            return replies.RECIPIENT_OK
+        return as_reply(response.code, response.message)
+
+    async def data(self, message: bytes) -> Reply:
+        """Send the message (CRLF lines); the reply is the upstream's."""
+        conn = self._conn
+        if conn is None or not self.recipients:
+            return replies.NEED_RCPT
+        if not conn.supports("8bitmime") and not message.isascii():
+            return replies.NEEDS_8BITMIME
+        if self.smtputf8 and not conn.supports("smtputf8"):
+            end = message.find(b"\r\n\r\n")
+            if not message[: end if end >= 0 else len(message)].isascii():
+                return replies.NEEDS_SMTPUTF8_HEADERS
+        try:
+            response = await conn.smtp.data(message, timeout=self.pool.timeouts.data_end)
+        except aiosmtplib.SMTPDataError as exc:
+            return as_reply(exc.code, exc.message)
+        except _TIMEOUT:
+            self._drop()
+            return replies.UPSTREAM_TIMEOUT
+        except (aiosmtplib.SMTPException, *_LOST) as exc:
+            log.warning("upstream %s: lost during DATA: %s", self.pool.address, exc)
+            self._drop()
+            return replies.UPSTREAM_LOST
+        conn.dirty = False
+        self.release()
+        return as_reply(response.code, response.message)
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self.pool.release(self._conn, reusable=False)
+            self._conn = None
+
+    def release(self) -> None:
+        """End the upstream side; the session goes back to the pool."""
+        if self._conn is not None:
+            self.pool.release(self._conn)
+            self._conn = None

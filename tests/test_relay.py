@@ -1,0 +1,228 @@
+"""PureProxy against a real upstream: every verdict reaches the client where
+it happens, and 250 after DATA only ever means the upstream said 250."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from mmgate import PureProxy
+from mmgate.relay.policy import RelayPolicy, parse_domains
+from mmgate.relay.upstream import ClientTimeouts
+from tests.harness import RawClient, serving
+from tests.upstream import GreetingRefuser, Upstream, free_port
+
+MESSAGE = b"Subject: relay test\r\n\r\nHello upstream.\r\n"
+
+
+@contextmanager
+def proxy(
+    upstream_address: tuple[str, int], **kwargs: Any
+) -> Iterator[tuple[PureProxy, RawClient]]:
+    server = PureProxy(("127.0.0.1", 0), upstream_address, **kwargs)
+    with serving(server) as address, RawClient(address) as client:
+        assert client.reply()[0] == 220
+        assert client.cmd("EHLO client.example")[0] == 250
+        yield server, client
+
+
+def send(
+    c: RawClient, sender: str, rcpts: list[str], body: bytes = MESSAGE
+) -> list[tuple[int, str]]:
+    """A whole transaction; the replies to MAIL, each RCPT, DATA and the end."""
+    out = [c.cmd(f"MAIL FROM:<{sender}>")]
+    if out[0][0] != 250:
+        return out
+    out += [c.cmd(f"RCPT TO:<{r}>") for r in rcpts]
+    if not any(code == 250 for code, _ in out[1:]):
+        return out
+    out.append(c.cmd("DATA"))
+    out.append(c.cmd(body + b"."))
+    return out
+
+
+def test_message_is_relayed_with_a_received_header():
+    with Upstream() as up, proxy(up.address) as (_px, c):
+        replies = send(c, "a@example.com", ["b@example.org"])
+        assert [code for code, _ in replies] == [250, 250, 354, 250]
+        assert replies[-1][1] == "2.0.0 Queued as UP1"  # the upstream's own answer
+    (envelope,) = up.handler.messages
+    assert envelope.mail_from == "a@example.com" and envelope.rcpt_tos == ["b@example.org"]
+    content = envelope.original_content
+    assert content.startswith(b"Received: from client.example ([127.0.0.1])\r\n\tby ")
+    assert b"with ESMTP id " in content and b"for <b@example.org>;" in content
+    assert content.endswith(MESSAGE)
+
+
+def test_x_peer_header_is_an_option():
+    class WithXPeer(PureProxy):
+        add_x_peer = True
+
+    with Upstream() as up:
+        server = WithXPeer(("127.0.0.1", 0), up.address)
+        with serving(server) as address, smtplib.SMTP(*address) as client:
+            client.sendmail("a@example.com", ["b@example.org"], MESSAGE)
+    assert b"\r\nX-Peer: 127.0.0.1\r\n\r\nHello" in up.handler.messages[0].original_content
+
+
+@pytest.mark.parametrize("code", [451, 553])
+def test_upstream_refusing_mail_is_the_answer_to_mail(code: int):
+    with Upstream() as up, proxy(up.address) as (_px, c):
+        (reply,) = send(c, f"mail-{code}@example.com", ["b@example.org"])
+        assert reply[0] == code
+        assert send(c, "a@example.com", ["b@example.org"])[-1][0] == 250  # session goes on
+    assert len(up.handler.messages) == 1
+
+
+@pytest.mark.parametrize("code,text", [(550, "5.1.1 No such user"), (450, "4.2.1 Try later")])
+def test_upstream_refusing_rcpt_is_the_answer_to_that_rcpt(code: int, text: str):
+    with Upstream() as up, proxy(up.address) as (_px, c):
+        replies = send(c, "a@example.com", [f"rcpt-{code}@example.org", "ok@example.org"])
+        assert replies[1] == (code, text)
+        assert [r[0] for r in replies[2:]] == [250, 354, 250]
+    assert up.handler.messages[0].rcpt_tos == ["ok@example.org"]
+
+
+@pytest.mark.parametrize("code", [451, 554])
+def test_upstream_refusing_data_is_the_answer_after_data(code: int):
+    with Upstream() as up, proxy(up.address) as (_px, c):
+        body = f"X-Upstream-Reply: {code}\r\n\r\nx\r\n".encode()
+        assert send(c, "a@example.com", ["b@example.org"], body)[-1][0] == code
+        assert send(c, "a@example.com", ["b@example.org"])[-1][0] == 250
+    assert len(up.handler.messages) == 1
+
+
+def test_upstream_down_is_451_4_4_1_and_nothing_is_acknowledged():
+    with proxy(("127.0.0.1", free_port())) as (_px, c):
+        assert send(c, "a@example.com", ["b@example.org"]) == [
+            (451, "4.4.1 Upstream unreachable, try again later")
+        ]
+        assert c.cmd("NOOP")[0] == 250
+
+
+def test_421_greeting_is_451_4_4_1():
+    with GreetingRefuser() as refuser, proxy(refuser.address) as (_px, c):
+        assert send(c, "a@example.com", ["b@example.org"])[0][:1] == (451,)
+
+
+def test_connection_dropped_in_data_is_451_never_250():
+    with Upstream() as up, proxy(up.address) as (_px, c):
+        replies = send(c, "a@example.com", ["drop@example.org"])
+        assert replies[-1] == (451, "4.4.2 Upstream connection lost, try again later")
+        # the next transaction gets a fresh upstream session
+        assert send(c, "a@example.com", ["b@example.org"])[-1][0] == 250
+
+
+def test_upstream_slower_than_the_timeout_is_451_4_4_2():
+    with (
+        Upstream() as up,
+        proxy(up.address, client_timeouts=ClientTimeouts.uniform(0.5)) as (_px, c),
+    ):
+        replies = send(c, "a@example.com", ["slow@example.org"])
+        assert replies[1] == (451, "4.4.2 Upstream timed out, try again later")
+
+
+def test_client_outside_relay_networks_gets_554_and_nothing_goes_upstream():
+    with Upstream() as up, proxy(up.address, relay_policy=RelayPolicy(networks=())) as (px, c):
+        sessions = up.handler.sessions  # aiosmtpd's own readiness probe counts one
+        replies = send(c, "a@example.com", ["b@example.org"])
+        assert replies[1] == (554, "5.7.1 Relay access denied")
+    assert up.handler.sessions == sessions and px.pool is not None and px.pool.connects == 0
+
+
+def test_relay_domains_are_open_to_anyone():
+    policy = RelayPolicy(networks=(), domains=parse_domains("open.example, .lists.example"))
+    with Upstream() as up, proxy(up.address, relay_policy=policy) as (_px, c):
+        replies = send(
+            c, "a@example.com", ["x@closed.example", "y@open.example", "z@a.lists.example"]
+        )
+        assert [r[0] for r in replies] == [250, 554, 250, 250, 354, 250]
+    assert up.handler.messages[0].rcpt_tos == ["y@open.example", "z@a.lists.example"]
+
+
+def test_many_messages_share_one_pooled_upstream_session():
+    with Upstream() as up, proxy(up.address) as (px, c):
+        for _ in range(25):
+            assert send(c, "a@example.com", ["b@example.org"])[-1][0] == 250
+        assert c.cmd("RSET")[0] == 250
+        assert send(c, "a@example.com", ["b@example.org"])[-1][0] == 250
+    assert len(up.handler.messages) == 26
+    assert px.pool is not None and px.pool.connects == 1
+
+
+def test_pool_survives_an_upstream_restart():
+    up = Upstream().start()
+    try:
+        with proxy(up.address) as (px, c):
+            assert send(c, "a@example.com", ["b@example.org"])[-1][0] == 250
+            up.stop()
+            restarted = Upstream(port=up.port).start()
+            try:
+                assert send(c, "a@example.com", ["b@example.org"])[-1][0] == 250
+            finally:
+                restarted.stop()
+            assert px.pool is not None and px.pool.connects == 2
+    finally:
+        up.stop()
+    assert len(restarted.handler.messages) == 1
+
+
+EIGHT_BIT = "Subject: caf\u00e9\r\n\r\nna\u00efve\r\n".encode()
+
+
+def test_8bit_message_is_relayed_with_body_8bitmime_when_upstream_offers_it():
+    with Upstream() as up, proxy(up.address) as (_px, c):
+        c.cmd("MAIL FROM:<a@example.com> BODY=8BITMIME")
+        c.cmd("RCPT TO:<b@example.org>")
+        c.cmd("DATA")
+        assert c.cmd(EIGHT_BIT + b".")[0] == 250
+    assert up.handler.mail_options == [["BODY=8BITMIME"]]
+
+
+def test_8bit_message_to_upstream_without_8bitmime_is_554_5_6_3():
+    with Upstream(decode_data=True) as up, proxy(up.address) as (_px, c):
+        assert c.cmd("MAIL FROM:<a@example.com> BODY=8BITMIME")[0] == 250
+        assert c.cmd("RCPT TO:<b@example.org>")[0] == 250
+        c.cmd("DATA")
+        assert c.cmd(EIGHT_BIT + b".")[:1] == (554,)
+        assert c.cmd("MAIL FROM:<a@example.com>")[0] == 250  # 7-bit still goes
+        c.cmd("RCPT TO:<b@example.org>")
+        c.cmd("DATA")
+        assert c.cmd(MESSAGE + b".")[0] == 250
+    assert up.handler.mail_options[0] == []  # no BODY= to a server that did not offer it
+    assert len(up.handler.messages) == 1
+
+
+def test_smtputf8_is_passed_on_when_upstream_offers_it():
+    with Upstream(enable_SMTPUTF8=True) as up, proxy(up.address, enable_SMTPUTF8=True) as (_px, c):
+        assert c.cmd("MAIL FROM:<j\u00f6rg@example.com> SMTPUTF8".encode())[0] == 250
+        assert c.cmd("RCPT TO:<b\u00fccher@example.org>".encode())[0] == 250
+        c.cmd("DATA")
+        assert c.cmd("Subject: gr\u00fc\u00dfe\r\n\r\nhi\r\n.".encode())[0] == 250
+    (envelope,) = up.handler.messages
+    assert envelope.mail_from == "j\u00f6rg@example.com"
+    assert "SMTPUTF8" in up.handler.mail_options[0]
+
+
+def test_smtputf8_to_upstream_without_it_is_553_5_6_7():
+    with Upstream() as up, proxy(up.address, enable_SMTPUTF8=True) as (_px, c):
+        assert c.cmd("MAIL FROM:<j\u00f6rg@example.com> SMTPUTF8".encode())[:1] == (553,)
+        assert c.cmd("MAIL FROM:<a@example.com> SMTPUTF8")[0] == 250
+        assert c.cmd("RCPT TO:<b\u00fccher@example.org>".encode())[:1] == (553,)
+        assert c.cmd("RCPT TO:<b@example.org>")[0] == 250
+        c.cmd("DATA")
+        assert c.cmd("Subject: gr\u00fc\u00dfe\r\n\r\nhi\r\n.".encode())[:1] == (554,)
+    assert up.handler.messages == []
+
+
+def test_no_upstream_configured_means_relaying_is_refused():
+    server = PureProxy(("127.0.0.1", 0), None)
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        c.cmd("EHLO a")
+        assert c.cmd("MAIL FROM:<a@example.com>")[0] == 250
+        assert c.cmd("RCPT TO:<b@example.org>") == (550, "5.7.1 Relaying is not configured here")

@@ -1,0 +1,165 @@
+"""A real upstream SMTP server for relay tests: aiosmtpd, scripted by address.
+
+aiosmtpd is an independent implementation, so these tests also show that
+mmgate's relay interoperates with something it did not write. The handler
+answers by the address it is given:
+
+* sender ``mail-CODE@...``      -> MAIL gets CODE
+* recipient ``rcpt-CODE@...``   -> RCPT gets CODE
+* recipient ``slow@...``        -> RCPT answers after ``slow_seconds``
+* recipient ``drop@...``        -> the connection is closed at the end of DATA
+* a message with ``X-Upstream-Reply: CODE`` -> DATA gets CODE
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+_CODE = re.compile(r"^(?:mail|rcpt)-(\d{3})@")
+_TEXT = {
+    421: "4.3.2 Closing",
+    450: "4.2.1 Try later",
+    451: "4.3.0 Local trouble",
+    550: "5.1.1 No such user",
+    553: "5.1.8 Sender refused",
+    554: "5.7.1 Refused",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ScriptedHandler:
+    def __init__(self) -> None:
+        self.messages: list[Envelope] = []
+        self.sessions = 0
+        self.mail_options: list[list[str]] = []
+        self.slow_seconds = 2.0
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        self.mail_options.append(list(mail_options))
+        m = _CODE.match(address)
+        if m:
+            code = int(m.group(1))
+            return f"{code} {_TEXT[code]}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        m = _CODE.match(address)
+        if m:
+            code = int(m.group(1))
+            return f"{code} {_TEXT[code]}"
+        if address.startswith("slow@"):
+            await asyncio.sleep(self.slow_seconds)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if any(r.startswith("drop@") for r in envelope.rcpt_tos):
+            assert server.transport is not None
+            server.transport.close()
+            return "250 never seen"
+        content = envelope.original_content or b""
+        m = re.search(rb"^X-Upstream-Reply: (\d{3})", content, re.M)
+        if m:
+            code = int(m.group(1))
+            return f"{code} {_TEXT[code]}"
+        self.messages.append(envelope)
+        return "250 2.0.0 Queued as UP1"
+
+
+class _CountingSMTP(SMTP):
+    def connection_made(self, transport: Any) -> None:
+        self.event_handler.sessions += 1
+        super().connection_made(transport)
+
+
+class Upstream:
+    """aiosmtpd on 127.0.0.1:port in a thread; start/stop at will."""
+
+    def __init__(self, port: int | None = None, **smtp_kwargs: Any) -> None:
+        self.port = port or free_port()
+        self.handler = ScriptedHandler()
+        self.smtp_kwargs = smtp_kwargs
+        self.controller: Controller | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def start(self) -> Upstream:
+        kwargs = self.smtp_kwargs
+
+        class _Controller(Controller):
+            def factory(self) -> SMTP:
+                return _CountingSMTP(self.handler, hostname="upstream.test", **kwargs)
+
+        self.controller = _Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def __enter__(self) -> Upstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class GreetingRefuser:
+    """An upstream that answers every connection with a 421 greeting."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def __enter__(self) -> GreetingRefuser:
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"421 4.3.2 Service not available\r\n")
+            await writer.drain()
+            writer.close()
+
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(greet, "127.0.0.1", self.port), self._loop
+        ).result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
