@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -49,23 +50,40 @@ def rss_kib(pid: int, key: str = "VmRSS") -> int:
     raise RuntimeError(f"no {key} for {pid}")
 
 
+class Server:
+    """One benchmarked server in a child process (benchmarks/servers.py)."""
+
+    def __init__(self, kind: str, loop: str, upstream: int | None = None) -> None:
+        self.port = free_port()
+        args = [kind, str(self.port), loop, *([str(upstream)] if upstream else [])]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.servers", *args], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "READY":
+            self.proc.kill()
+            raise RuntimeError(f"{kind} did not start")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> int:
+        """Stop it; the number of messages it took (sinks), else -1."""
+        if self.proc.poll() is not None:
+            return -1
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        return int(out.split()[-1]) if out.strip() else -1
+
+
 @contextmanager
-def sink(kind: str, loop: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.sinks", kind, str(port), loop],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "READY":
-        proc.kill()
-        raise RuntimeError(f"{kind} did not start")
+def running(kind: str, loop: str, upstream: int | None = None) -> Iterator[Server]:
+    server = Server(kind, loop, upstream)
     try:
-        yield proc, port
+        yield server
     finally:
-        proc.kill()
-        proc.wait()
+        server.stop()
 
 
 def smtp_source(port: int, *, sessions: int, messages: int, length: int) -> float:
@@ -151,7 +169,8 @@ class Figures:
 
 def measure(kind: str, loop: str, args: argparse.Namespace) -> Figures:
     fig = Figures()
-    with sink(kind, loop) as (proc, port):
+    with running(f"{kind}-sink", loop) as server:
+        proc, port = server.proc, server.port
         smtp_source(port, sessions=16, messages=500, length=1024)  # warm up
         fig.ehlo_ms = first_ehlo_ms(port, args.ehlo_samples)
         fig.idle_kib_per_conn = idle_connections(proc.pid, port, args.idle)
