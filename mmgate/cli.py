@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 from mmgate import __version__, config
+from mmgate.gateway import Decision, MailmanProxy, decide
+from mmgate.mailman.embedded import ensure_home
+from mmgate.mailman.local import LocalMailman, MailmanUnavailable
+from mmgate.mailman.routing import classify
 from mmgate.proxy import PureProxy
+from mmgate.relay.policy import RelayPolicy
 from mmgate.runtime import LoopChoiceError, loop_factory
 from mmgate.server import SMTPServer, loop
+from mmgate.smtp import paths, replies
+from mmgate.smtp.errors import ProtocolError
 
 _BUILTIN_CLASSES = ("DebuggingServer", "PureProxy", "MailmanProxy")
 
@@ -169,12 +179,155 @@ def run_smtpd(argv: Sequence[str], prog: str = "mmgate smtpd") -> int:
     return 0
 
 
+def add_gateway_options(parser: argparse.ArgumentParser) -> None:
+    """What ``serve``, ``route`` (and ``debug``) need to find Mailman and the upstream."""
+    add_relay_options(parser)
+    parser.add_argument(
+        "--relay",
+        metavar="HOST:PORT",
+        help="upstream SMTP server for recipients that are not lists",
+    )
+    parser.add_argument(
+        "--mailman-config",
+        metavar="PATH",
+        help="an existing Mailman's mailman.cfg (default: embedded Mailman)",
+    )
+    parser.add_argument(
+        "--var-dir", metavar="DIR", help="where the embedded Mailman lives (default ./var)"
+    )
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: tuple[str, int]
+    upstream: tuple[str, int] | None
+    policy: RelayPolicy
+    mailman_config: Path
+    refresh_interval: float
+
+
+def gateway_settings(
+    args: argparse.Namespace, *, listen_flag: str | None = None
+) -> GatewaySettings:
+    cfg = config.read_config(args.config)
+    listen, where = config.pick(cfg, "smtp", "listen", listen_flag, "--listen", "127.0.0.1:8025")
+    upstream, up_where = config.pick(cfg, "relay", "upstream", args.relay, "--relay", None)
+    mailman_cfg, _ = config.pick(
+        cfg, "mailman", "config", args.mailman_config, "--mailman-config", None
+    )
+    var_dir, _ = config.pick(cfg, "mailman", "var_dir", args.var_dir, "--var-dir", "var")
+    refresh, _ = config.pick(cfg, "mailman", "refresh_interval", None, "", 2.0)
+    address = config.hostport(listen, where=where)
+    if mailman_cfg is None:
+        mailman_cfg = ensure_home(var_dir, smtp_port=address[1] or 8025)
+    return GatewaySettings(
+        listen=address,
+        upstream=config.hostport(upstream, where=up_where) if upstream else None,
+        policy=config.relay_policy(
+            cfg, os.environ, networks=args.relay_networks, domains=args.relay_domains
+        ),
+        mailman_config=Path(mailman_cfg),
+        refresh_interval=float(refresh),
+    )
+
+
+def _log_to_stderr(debug: bool) -> None:
+    """mmgate's own log lines on stderr (Mailman keeps its loggers to itself)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("mmgate")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
+
+
+def run_serve(argv: Sequence[str]) -> int:
+    parser = _Parser(
+        prog="mmgate serve", description="The gateway: list mail into Mailman, the rest relayed."
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8025")
+    add_gateway_options(parser)
+    parser.add_argument("-d", "--debug", action="store_true", help="debug log lines")
+    args = parser.parse_args(argv)
+    settings = gateway_settings(args, listen_flag=args.listen)
+    loop_factory()
+    try:
+        server = MailmanProxy(
+            settings.listen,
+            settings.upstream,
+            mailman=LocalMailman(settings.mailman_config),
+            relay_policy=settings.policy,
+            refresh_interval=settings.refresh_interval,
+        )
+    except MailmanUnavailable as exc:
+        raise UsageError(f"Mailman cannot be used: {exc}") from None
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {settings.listen[0]}:{settings.listen[1]}: {exc.strerror or exc}"
+        ) from None
+    _log_to_stderr(args.debug)
+    snap = server.directory.snapshot
+    logging.getLogger("mmgate").info(
+        "serving on %s:%d; Mailman %s (%d lists, %d domains); relay %s",
+        *server.address,
+        settings.mailman_config,
+        len(snap.lists),
+        len(snap.domains),
+        f"{settings.upstream[0]}:{settings.upstream[1]}" if settings.upstream else "not configured",
+    )
+    loop()
+    return 0
+
+
+def run_route(argv: Sequence[str]) -> int:
+    parser = _Parser(
+        prog="mmgate route", description="What the gateway would do with each address."
+    )
+    parser.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    parser.add_argument("--json", action="store_true", help="one JSON document")
+    parser.add_argument(
+        "--client",
+        default="127.0.0.1",
+        metavar="IP",
+        help="the client address relay control is judged for (default 127.0.0.1)",
+    )
+    add_gateway_options(parser)
+    args = parser.parse_intermixed_args(argv)
+    settings = gateway_settings(args)
+    try:
+        snap = LocalMailman(settings.mailman_config).start()
+    except MailmanUnavailable as exc:
+        raise UsageError(f"Mailman cannot be used: {exc}") from None
+    decisions = []
+    for address in args.addresses:
+        route = classify(address, snap)
+        try:
+            paths.check_mailbox(
+                address, replies.BAD_RECIPIENT_SYNTAX, smtputf8=True, postmaster_ok=True
+            )
+            decision = decide(
+                route, policy=settings.policy, upstream=settings.upstream, client=args.client
+            )
+        except ProtocolError as exc:
+            decision = Decision(route, "reject", exc.reply)
+        decisions.append(decision)
+    if args.json:
+        print(json.dumps([d.as_dict() for d in decisions], indent=2))
+    else:
+        width = max(len(d.route.address) for d in decisions)
+        for d in decisions:
+            print(f"{d.route.address:<{width}}  {d.describe()}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"smtpd": run_smtpd}
+    commands = {"serve": run_serve, "route": run_route, "smtpd": run_smtpd}
     if not argv or argv[0] in ("-h", "--help"):
         print(
             f"usage: mmgate {{{','.join(commands)}}} ...\n\n"
+            "  serve    the gateway in front of Mailman (mmgate serve --help)\n"
+            "  route    what the gateway would do with an address\n"
             "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)"
         )
         return 0 if argv else 2

@@ -20,9 +20,20 @@ from mmgate.relay.policy import (
     parse_networks,
 )
 
-#: Every key the file may hold, by section, with what it must be.
-SCHEMA: dict[str, dict[str, str]] = {
-    "relay": {"networks": "a list of networks", "domains": "a list of domains"},
+_STRINGS = (list, "a list of strings")
+#: Every key the file may hold: section -> key -> (type, what it must be).
+SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "smtp": {"listen": (str, "HOST:PORT")},
+    "relay": {
+        "upstream": (str, "HOST:PORT"),
+        "networks": _STRINGS,
+        "domains": _STRINGS,
+    },
+    "mailman": {
+        "config": (str, "the path of a mailman.cfg"),
+        "var_dir": (str, "a directory"),
+        "refresh_interval": ((int, float), "a number of seconds"),
+    },
 }
 
 
@@ -62,15 +73,37 @@ def read_config(path: str | None) -> ConfigFile:
             raise ConfigError(f"{path}: {section}: must be a table ([{section}])")
         for key, value in table.items():
             if key not in SCHEMA[section]:
-                raise ConfigError(
-                    f"{path}: {section}.{key}: unknown key "
-                    f"(known: {', '.join(sorted(SCHEMA[section]))})"
-                )
-            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise ConfigError(
-                    f"{path}: {section}.{key}: must be {SCHEMA[section][key]} (a list of strings)"
-                )
+                known = ", ".join(sorted(SCHEMA[section]))
+                raise ConfigError(f"{path}: {section}.{key}: unknown key (known: {known})")
+            kind, what = SCHEMA[section][key]
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            if kind is list:
+                ok = ok and all(isinstance(v, str) for v in value)
+            if not ok:
+                raise ConfigError(f"{path}: {section}.{key}: must be {what}")
     return ConfigFile(path, data)
+
+
+def hostport(text: str, *, where: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port``, or a ConfigError naming ``where``."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: must be HOST:PORT, not {text!r}")
+    return host, int(port)
+
+
+def pick(
+    config: ConfigFile, section: str, key: str, flag: Any, flag_name: str, default: Any
+) -> tuple[Any, str]:
+    """A setting and where it came from: the flag, else the file, else the default."""
+    if flag is not None:
+        return flag, flag_name
+    value = config.get(section, key)
+    if value is not None:
+        return value, config.where(section, key)
+    return default, f"the default {flag_name}"
 
 
 def relay_policy(

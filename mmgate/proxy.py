@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from mmgate.channel import SMTPChannel
-from mmgate.relay.policy import RelayPolicy
+from mmgate.relay.policy import RelayPolicy, relay_refusal
 from mmgate.relay.trace import insert_x_peer, new_id, protocol_keyword, received_header
 from mmgate.relay.upstream import ClientTimeouts, RelayTransaction, UpstreamPool
 from mmgate.server import ProcessResult, SMTPServer, current_channel
@@ -68,12 +68,15 @@ class RelayChannel(SMTPChannel):
     def accept_recipient(self, address: str, options: list[str]) -> None:
         server = self.smtp_server
         assert isinstance(server, PureProxy)
-        if not server.relay_policy.permits(client_ip(self), address):
-            log.info("%s: relay to %s denied", client_ip(self), address)
-            self.push(replies.RELAY_DENIED)
-            return
-        if self.relay is None:
-            self.push(replies.RELAY_NOT_CONFIGURED)
+        refusal = relay_refusal(
+            server.relay_policy,
+            upstream=self.relay is not None,
+            client=client_ip(self),
+            recipient=address,
+        )
+        if refusal is not None or self.relay is None:
+            log.info("%s: relay to %s refused: %s", client_ip(self), address, refusal)
+            self.push(refusal or replies.RELAY_NOT_CONFIGURED)
             return
         self.wait_for(self._relay_recipient(self.relay, address, options))
 

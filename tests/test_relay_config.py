@@ -47,7 +47,7 @@ def test_later_sources_win(tmp_path: Path):
         ('[relay]\nnetworks = ["10.1.2.300"]\n', "relay.networks: '10.1.2.300' is not a network"),
         ("[relay]\nnetwork = []\n", "relay.network: unknown key"),
         ("[relais]\n", "[relais]: unknown section"),
-        ('[relay]\ndomains = "example.org"\n', "relay.domains: must be a list of domains"),
+        ('[relay]\ndomains = "example.org"\n', "relay.domains: must be a list of strings"),
         ("[relay\n", "not valid TOML"),
     ],
 )

@@ -13,6 +13,9 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mmgate.smtp import replies
+from mmgate.smtp.replies import Reply
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_NETWORKS: tuple[Network, ...] = (
@@ -83,3 +86,14 @@ class RelayPolicy:
     def permits(self, client_ip: str, recipient: str) -> bool:
         """May this client relay to this recipient?"""
         return self.client_may_relay(client_ip) or self.domain_is_open(recipient)
+
+
+def relay_refusal(
+    policy: RelayPolicy, *, upstream: bool, client: str, recipient: str
+) -> Reply | None:
+    """Why ``client`` may not relay to ``recipient`` here, or None if it may."""
+    if not upstream:
+        return replies.RELAY_NOT_CONFIGURED
+    if not policy.permits(client, recipient):
+        return replies.RELAY_DENIED
+    return None

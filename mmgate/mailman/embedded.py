@@ -1,0 +1,76 @@
+"""The embedded default: a Mailman home that mmgate creates for itself.
+
+With no configuration, ``mmgate serve`` creates ``VAR/mailman.cfg`` and a
+Mailman var directory beside it on first start (SQLite, ``layout: local``,
+``NullMTA`` so that no Postfix map is written), and uses that Mailman
+in-process. Mailman's outgoing SMTP host is mmgate itself, so the copies
+Mailman sends to members come back through the gateway. The settings are
+those measured in MAILMAN-NOTES: an absolute ``var_dir`` (the default
+layout's ``$PWD/var`` is a trap) and the null MTA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEMPLATE = """\
+# Written by mmgate for its embedded Mailman; edit freely, it is not rewritten.
+[mailman]
+site_owner: {site_owner}
+layout: local
+
+[paths.local]
+var_dir: {mailman_var}
+
+[database]
+class: mailman.database.sqlite.SQLiteDatabase
+url: sqlite:///{mailman_var}/data/mailman.db
+
+[mta]
+incoming: mailman.mta.null.NullMTA
+outgoing: mailman.mta.deliver.deliver
+smtp_host: {smtp_host}
+smtp_port: {smtp_port}
+lmtp_host: 127.0.0.1
+lmtp_port: {lmtp_port}
+
+[webservice]
+hostname: 127.0.0.1
+port: {rest_port}
+admin_user: restadmin
+admin_pass: {rest_pass}
+"""
+
+
+def ensure_home(
+    var_dir: str | Path,
+    *,
+    smtp_host: str = "127.0.0.1",
+    smtp_port: int = 8025,
+    lmtp_port: int = 8024,
+    rest_port: int = 8001,
+    site_owner: str = "postmaster@example.com",
+    extra: str = "",
+) -> Path:
+    """The path of the embedded ``mailman.cfg``, written if it is missing."""
+    var = Path(var_dir).resolve()
+    cfg = var / "mailman.cfg"
+    if cfg.exists():
+        return cfg
+    mailman_var = var / "mailman"
+    (mailman_var / "data").mkdir(parents=True, exist_ok=True)
+    import secrets
+
+    cfg.write_text(
+        TEMPLATE.format(
+            site_owner=site_owner,
+            mailman_var=mailman_var,
+            smtp_host=smtp_host,
+            smtp_port=smtp_port,
+            lmtp_port=lmtp_port,
+            rest_port=rest_port,
+            rest_pass=secrets.token_urlsafe(16),
+        )
+        + extra
+    )
+    return cfg

@@ -1,0 +1,225 @@
+"""Mailman on this host, used in-process: its list directory and its queues.
+
+Mailman's configuration is global to a process (``initialize`` may run once)
+and its database sessions are per thread, so every call into Mailman's
+model runs on one dedicated thread. Queue writes need no database and run
+on a small pool of their own, since most of their time is fsync.
+
+Injection is staged: each list copy is written by Mailman's own
+``Switchboard.enqueue`` (the same pickle, the same fsync) into a staging
+directory beside the queues, and moved into the real queue with one rename
+once the whole transaction can be acknowledged. A relay failure in a mixed
+transaction therefore discards the copies instead of leaving a half-done
+delivery; leftovers of a crash are removed at start-up (their client never
+heard 250 and will retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.utils
+import logging
+import os
+import re
+import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mmgate.mailman.routing import Route, Snapshot
+from mmgate.smtp.replies import Reply
+
+log = logging.getLogger("mmgate.mailman")
+T = TypeVar("T")
+
+#: Mailman's LMTP runner answers 501 to a message with header defects.
+DEFECTS = Reply(550, "5.6.0", "Message has defects (refused as Mailman does)")
+QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Mailman's queue is not available, try again later")
+_initialized: list[str] = []  # the config Mailman was initialized with here
+_init_lock = threading.Lock()
+
+
+class MailmanUnavailable(Exception):
+    """Mailman could not be used; the text says what failed, in one line."""
+
+
+@dataclass
+class Staged:
+    """List copies written to staging, waiting for the transaction's verdict."""
+
+    files: list[tuple[str, str]]  # (queue, filebase)
+    message_id: str
+
+
+class LocalMailman:
+    """A Mailman whose configuration file is readable here."""
+
+    def __init__(self, config_path: str | Path, *, queue_workers: int = 4) -> None:
+        self.config_path = str(Path(config_path).resolve())
+        self._model = ThreadPoolExecutor(1, thread_name_prefix="mailman-model")
+        self._queues = ThreadPoolExecutor(queue_workers, thread_name_prefix="mailman-queue")
+        self._staging: dict[str, Any] = {}
+        self.staging_dir: Path | None = None
+
+    # -- start-up --------------------------------------------------------
+    def start(self) -> Snapshot:
+        """Initialize Mailman here and take the first snapshot, or raise."""
+        return self._model.submit(self._start).result()
+
+    def _start(self) -> Snapshot:
+        if not os.path.isfile(self.config_path):
+            raise MailmanUnavailable(f"{self.config_path}: no such Mailman configuration file")
+        with _init_lock:
+            if not _initialized:
+                from mailman.core.initialize import initialize
+
+                try:
+                    initialize(self.config_path)
+                except Exception as exc:
+                    raise MailmanUnavailable(
+                        f"{self.config_path}: Mailman did not start: {exc}"
+                    ) from None
+                _initialized.append(self.config_path)
+            elif _initialized[0] != self.config_path:
+                raise MailmanUnavailable(
+                    f"Mailman is already initialized here with {_initialized[0]}; "
+                    "one process serves one Mailman"
+                )
+        from mailman.config import config
+        from mailman.core.switchboard import Switchboard
+
+        self.staging_dir = Path(config.QUEUE_DIR) / ".mmgate-staging"
+        if self.staging_dir.exists():
+            leftovers = sum(1 for _ in self.staging_dir.rglob("*.pck*"))
+            if leftovers:
+                log.warning("removing %d staged list copies of unacknowledged messages", leftovers)
+            shutil.rmtree(self.staging_dir)
+        for queue in ("in", "command", "bounces"):
+            self._staging[queue] = Switchboard(queue, str(self.staging_dir / queue))
+        return self._snapshot()
+
+    # -- the directory ---------------------------------------------------
+    async def snapshot(self) -> Snapshot:
+        return await self._run(self._model, self._snapshot)
+
+    def _snapshot(self) -> Snapshot:
+        from mailman.config import config
+        from mailman.interfaces.domain import IDomainManager
+        from mailman.interfaces.listmanager import IListManager
+        from zope.component import getUtility
+
+        try:
+            lists = {
+                mlist.fqdn_listname.lower(): mlist.list_id
+                for mlist in getUtility(IListManager).mailing_lists
+            }
+            domains, aliases = set(), {}
+            for domain in getUtility(IDomainManager):
+                domains.add(domain.mail_host.lower())
+                if domain.alias_domain:
+                    aliases[domain.alias_domain.lower()] = domain.mail_host.lower()
+        except Exception as exc:
+            raise MailmanUnavailable(f"cannot read Mailman's lists: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):  # if the database failed, nothing to undo
+                config.db.abort()
+        return Snapshot(
+            lists=lists,
+            domains=frozenset(domains),
+            aliases=aliases,
+            verp_delimiter=config.mta.verp_delimiter,
+            site_owner=config.mailman.site_owner,
+        )
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the Mailman thread and wait (for tools and tests)."""
+        return self._model.submit(fn).result()
+
+    # -- the queues ------------------------------------------------------
+    async def stage(
+        self, data: bytes, mail_from: str, routes: list[Route], snap: Snapshot
+    ) -> Staged | Reply:
+        return await self._run(self._queues, self._stage, data, mail_from, routes, snap)
+
+    async def commit(self, staged: Staged) -> None:
+        await self._run(self._queues, self._commit, staged)
+
+    async def discard(self, staged: Staged) -> None:
+        await self._run(self._queues, self._discard, staged)
+
+    def _stage(
+        self, data: bytes, mail_from: str, routes: list[Route], snap: Snapshot
+    ) -> Staged | Reply:
+        from mailman.email.message import Message
+        from mailman.utilities.datetime import now
+        from mailman.utilities.email import add_message_hash
+
+        # The header work of mailman.runners.lmtp.LMTPHandler._handle_DATA.
+        try:
+            msg = email.message_from_bytes(data, Message)
+            msg.set_unixfrom(mail_from)
+        except Exception:
+            log.exception("cannot parse a message for Mailman")
+            return QUEUE_UNAVAILABLE
+        message_id = msg.get("message-id")
+        if message_id is None:
+            message_id = email.utils.make_msgid()
+            msg["Message-ID"] = message_id
+        new_mid = re.sub(r"^<?\[(.*)\]>?", r"<\1>", message_id)
+        if new_mid != message_id:
+            msg.replace_header("Message-ID", new_mid)
+        if msg.defects:
+            return DEFECTS
+        msg.original_size = len(data)
+        add_message_hash(msg)
+        msg["X-MailFrom"] = mail_from
+        received_time = now()
+        files: list[tuple[str, str]] = []
+        try:
+            for route in routes:
+                assert route.queue is not None
+                msgdata = route.msgdata(
+                    original_size=msg.original_size,
+                    received_time=received_time,
+                    site_owner=snap.site_owner,
+                )
+                files.append((route.queue, self._staging[route.queue].enqueue(msg, msgdata)))
+        except OSError as exc:
+            log.error("cannot write to Mailman's queue: %s", exc)
+            self._discard(Staged(files, str(msg["message-id"])))
+            return QUEUE_UNAVAILABLE
+        return Staged(files, str(msg["message-id"]))
+
+    def _commit(self, staged: Staged) -> None:
+        from mailman.config import config
+
+        for queue, filebase in staged.files:
+            src = self._staging[queue].queue_directory
+            dst = config.switchboards[queue].queue_directory
+            os.rename(os.path.join(src, filebase + ".pck"), os.path.join(dst, filebase + ".pck"))
+
+    def _discard(self, staged: Staged) -> None:
+        for queue, filebase in staged.files:
+            path = os.path.join(self._staging[queue].queue_directory, filebase + ".pck")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    @staticmethod
+    async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def close(self) -> None:
+        self._queues.shutdown(wait=True)
+        self._model.shutdown(wait=True)
+
+
+def queue_directory(queue: str) -> Path:
+    """Where Mailman's ``queue`` lives (Mailman must be initialized)."""
+    from mailman.config import config
+
+    return Path(config.switchboards[queue].queue_directory)

@@ -1,0 +1,24 @@
+"""Session fixtures: one real Mailman core for every test that needs one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.mailman_env import MailmanEnv, make_env
+
+
+@pytest.fixture(scope="session")
+def mailman_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailmanEnv]:
+    env = make_env(tmp_path_factory.mktemp("mailman"))
+    yield env
+    env.capture.controller.stop()
+
+
+@pytest.fixture
+def mm(mailman_env: MailmanEnv) -> Iterator[MailmanEnv]:
+    """The session's Mailman with empty queues before and after the test."""
+    mailman_env.drain_all()
+    yield mailman_env
+    mailman_env.drain_all()

@@ -1,0 +1,133 @@
+"""`mmgate serve` and `mmgate route` as an operator runs them: real processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.mailman_env import MailmanEnv
+from tests.upstream import free_port
+
+
+def mmgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mmgate", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmgate", "serve", "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.1)
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.ehlo()
+            client.mail("a@example.org")
+            # a fresh embedded Mailman has no domains: everything is "relay",
+            # and no upstream is configured
+            assert client.rcpt("b@example.org") == (550, b"5.7.1 Relaying is not configured here")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert (tmp_path / "var" / "mailman.cfg").is_file()
+    assert "serving on 127.0.0.1:" in err and "(0 lists, 0 domains)" in err
+
+
+def test_route_prints_what_the_gateway_would_do(mailman_env: MailmanEnv):
+    done = mmgate(
+        "route",
+        "--mailman-config",
+        str(mailman_env.config),
+        "--relay",
+        "127.0.0.1:2525",
+        "test-request@alias.example",
+        "nolist@example.com",
+        "bob@elsewhere.example",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "test-request@alias.example  list test.example.com, subaddress request, queue command",
+        "nolist@example.com          reject 550 5.1.1 No such list or address here: "
+        "nolist@example.com",
+        "bob@elsewhere.example       relay to 127.0.0.1:2525",
+    ]
+
+
+def test_route_json_and_relay_control_for_another_client(mailman_env: MailmanEnv):
+    done = mmgate(
+        "route",
+        "--json",
+        "--mailman-config",
+        str(mailman_env.config),
+        "--relay",
+        "127.0.0.1:2525",
+        "--client",
+        "192.0.2.1",
+        "foo-bar-owner@example.com",
+        "bob@elsewhere.example",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        {
+            "address": "foo-bar-owner@example.com",
+            "action": "list",
+            "list_id": "foo-bar.example.com",
+            "listname": "foo-bar@example.com",
+            "subaddress": "owner",
+            "queue": "in",
+        },
+        {
+            "address": "bob@elsewhere.example",
+            "action": "reject",
+            "reply": {"code": 554, "status": "5.7.1", "text": "Relay access denied"},
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--mailman-config", "/nonexistent/mailman.cfg"],
+            "Mailman cannot be used: /nonexistent/mailman.cfg: no such Mailman configuration file",
+        ),
+        (["--listen", "localhost"], "--listen: must be HOST:PORT, not 'localhost'"),
+        (["--relay", "nowhere"], "--relay: must be HOST:PORT, not 'nowhere'"),
+    ],
+)
+def test_serve_refuses_to_start_with_one_line_naming_the_problem(tmp_path: Path, args, message):
+    done = mmgate("serve", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == f"mmgate: error: {message}\n"
+
+
+def test_serve_names_the_file_and_key_of_a_bad_setting(tmp_path: Path):
+    cfg = tmp_path / "mmgate.toml"
+    cfg.write_text('[smtp]\nlisten = "127.0.0.1"\n')
+    done = mmgate("serve", "--config", str(cfg), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == f"mmgate: error: {cfg}: smtp.listen: must be HOST:PORT, not '127.0.0.1'\n"
