@@ -195,6 +195,12 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--var-dir", metavar="DIR", help="where the embedded Mailman lives (default ./var)"
     )
+    parser.add_argument(
+        "--spool-sync",
+        choices=("batch", "file"),
+        help="queue files made durable by one syncfs per batch (default) "
+        "or by an fsync each, as Mailman does",
+    )
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,7 @@ class GatewaySettings:
     policy: RelayPolicy
     mailman_config: Path
     refresh_interval: float
+    spool_sync: str
 
 
 def gateway_settings(
@@ -217,6 +224,11 @@ def gateway_settings(
     )
     var_dir, _ = config.pick(cfg, "mailman", "var_dir", args.var_dir, "--var-dir", "var")
     refresh, _ = config.pick(cfg, "mailman", "refresh_interval", None, "", 2.0)
+    sync, sync_where = config.pick(
+        cfg, "mailman", "spool_sync", args.spool_sync, "--spool-sync", "batch"
+    )
+    if sync not in ("batch", "file"):
+        raise config.ConfigError(f'{sync_where}: must be "batch" or "file", not {sync!r}')
     address = config.hostport(listen, where=where)
     if mailman_cfg is None:
         mailman_cfg = ensure_home(var_dir, smtp_port=address[1] or 8025)
@@ -228,6 +240,7 @@ def gateway_settings(
         ),
         mailman_config=Path(mailman_cfg),
         refresh_interval=float(refresh),
+        spool_sync=sync,
     )
 
 
@@ -255,7 +268,7 @@ def run_serve(argv: Sequence[str]) -> int:
         server = MailmanProxy(
             settings.listen,
             settings.upstream,
-            mailman=LocalMailman(settings.mailman_config),
+            mailman=LocalMailman(settings.mailman_config, spool_sync=settings.spool_sync),
             relay_policy=settings.policy,
             refresh_interval=settings.refresh_interval,
         )

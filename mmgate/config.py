@@ -33,6 +33,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "config": (str, "the path of a mailman.cfg"),
         "var_dir": (str, "a directory"),
         "refresh_interval": ((int, float), "a number of seconds"),
+        "spool_sync": (str, '"batch" or "file"'),
     },
 }
 

@@ -185,7 +185,9 @@ class MailmanProxy(PureProxy):
         staged: Staged | None = None
         reply: Reply = replies.MESSAGE_ACCEPTED.with_text(f"OK queued as {queue_id}")
         if routes:
-            outcome = await self.mailman.stage(message, mailfrom, routes, self.directory.snapshot)
+            outcome = await self.mailman.stage(
+                message, mailfrom, routes, self.directory.snapshot, direct=not relayed
+            )
             if isinstance(outcome, Reply):
                 reply = outcome
             else:
@@ -194,7 +196,7 @@ class MailmanProxy(PureProxy):
             upstream = await relay.data(message)
             if not upstream.is_success:
                 reply = upstream
-        if staged is not None:
+        if staged is not None and staged.files:
             if reply.is_success:
                 try:
                     await self.mailman.commit(staged)

@@ -7,11 +7,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mmgate.gateway import MailmanProxy
+from mmgate.mailman.local import queue_directory
 from mmgate.relay.policy import RelayPolicy
 from tests.harness import RawClient, serving
 from tests.mailman_env import MailmanEnv
@@ -199,22 +201,37 @@ def test_message_with_header_defects_is_refused_as_mailman_does(mm):
     assert not any(mm.drain_all().values())
 
 
+@contextmanager
+def broken_directory(path: Path) -> Iterator[None]:
+    """``path`` replaced by a file: writing into it fails, even for root."""
+    os.rename(path, path.with_name(path.name + ".away"))
+    path.write_text("not a directory")
+    try:
+        yield
+    finally:
+        path.unlink()
+        os.rename(path.with_name(path.name + ".away"), path)
+
+
 def test_unwritable_queue_is_451_then_service_resumes(mm):
-    with gateway(mm) as (server, c):
-        staging = server.mailman.staging_dir
-        assert staging is not None
-        os.rename(staging / "in", staging / "in.away")
-        (staging / "in").write_text("not a directory")
-        try:
+    with gateway(mm) as (_, c):
+        with broken_directory(queue_directory("in")):
             assert transaction(c, ["test@example.com"])[-1] == (
                 451,
                 "4.3.0 Mailman's queue is not available, try again later",
             )
-        finally:
-            (staging / "in").unlink()
-            os.rename(staging / "in.away", staging / "in")
         assert transaction(c, ["test@example.com"])[-1][0] == 250
     assert len(mm.drain("in")) == 1
+
+
+def test_unwritable_staging_in_a_mixed_transaction_is_451_and_relays_nothing(mm):
+    with Upstream() as up, gateway(mm, up.address) as (server, c):
+        assert server.mailman.staging_dir is not None
+        with broken_directory(server.mailman.staging_dir / "in"):
+            assert transaction(c, ["test@example.com", "bob@elsewhere.example"])[-1][0] == 451
+        assert up.handler.messages == []
+        assert transaction(c, ["test@example.com", "bob@elsewhere.example"])[-1][0] == 250
+    assert len(up.handler.messages) == 1 and len(mm.drain("in")) == 1
 
 
 def test_list_created_and_deleted_while_running_is_routed_within_seconds(mm):

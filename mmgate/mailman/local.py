@@ -2,16 +2,19 @@
 
 Mailman's configuration is global to a process (``initialize`` may run once)
 and its database sessions are per thread, so every call into Mailman's
-model runs on one dedicated thread. Queue writes need no database and run
-on a small pool of their own, since most of their time is fsync.
+model runs on one dedicated thread. Queue files need no database: they are
+written in Mailman's own format by :mod:`mmgate.mailman.spool`, on its
+writer thread; messages over ``INLINE_LIMIT`` are parsed on a worker so the
+event loop never stalls on a big one.
 
-Injection is staged: each list copy is written by Mailman's own
-``Switchboard.enqueue`` (the same pickle, the same fsync) into a staging
-directory beside the queues, and moved into the real queue with one rename
-once the whole transaction can be acknowledged. A relay failure in a mixed
-transaction therefore discards the copies instead of leaving a half-done
-delivery; leftovers of a crash are removed at start-up (their client never
-heard 250 and will retry).
+Injection is staged when it must be. In a transaction that also relays,
+each list copy is written (fsynced) into a staging directory beside the
+queues and moved into the real queue with one rename once the whole
+transaction can be acknowledged, so a relay failure discards the copies
+instead of leaving a half-done delivery; leftovers of a crash are removed
+at start-up (their client never heard 250 and will retry). A transaction
+with no relayed recipient has nothing to wait for: its copies are written
+straight into the queues.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import email
 import email.utils
 import logging
 import os
+import pickle
 import re
 import shutil
 import threading
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mmgate.mailman.routing import Route, Snapshot
+from mmgate.mailman.spool import QueueFile, QueueWriter, queue_file
 from mmgate.smtp.replies import Reply
 
 log = logging.getLogger("mmgate.mailman")
@@ -40,6 +45,8 @@ T = TypeVar("T")
 #: Mailman's LMTP runner answers 501 to a message with header defects.
 DEFECTS = Reply(550, "5.6.0", "Message has defects (refused as Mailman does)")
 QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Mailman's queue is not available, try again later")
+#: Messages up to this size are prepared on the event loop's thread.
+INLINE_LIMIT = 64 * 1024
 _initialized: list[str] = []  # the config Mailman was initialized with here
 _init_lock = threading.Lock()
 
@@ -52,18 +59,21 @@ class MailmanUnavailable(Exception):
 class Staged:
     """List copies written to staging, waiting for the transaction's verdict."""
 
-    files: list[tuple[str, str]]  # (queue, filebase)
+    files: list[tuple[str, str]]  # (staging directory, filebase)
     message_id: str
 
 
 class LocalMailman:
     """A Mailman whose configuration file is readable here."""
 
-    def __init__(self, config_path: str | Path, *, queue_workers: int = 4) -> None:
+    def __init__(
+        self, config_path: str | Path, *, queue_workers: int = 4, spool_sync: str = "batch"
+    ) -> None:
         self.config_path = str(Path(config_path).resolve())
         self._model = ThreadPoolExecutor(1, thread_name_prefix="mailman-model")
         self._queues = ThreadPoolExecutor(queue_workers, thread_name_prefix="mailman-queue")
-        self._staging: dict[str, Any] = {}
+        self._staging: dict[str, str] = {}  # queue -> its staging directory
+        self._writer = QueueWriter(spool_sync)
         self.staging_dir: Path | None = None
 
     # -- start-up --------------------------------------------------------
@@ -91,7 +101,6 @@ class LocalMailman:
                     "one process serves one Mailman"
                 )
         from mailman.config import config
-        from mailman.core.switchboard import Switchboard
 
         self.staging_dir = Path(config.QUEUE_DIR) / ".mmgate-staging"
         if self.staging_dir.exists():
@@ -100,7 +109,8 @@ class LocalMailman:
                 log.warning("removing %d staged list copies of unacknowledged messages", leftovers)
             shutil.rmtree(self.staging_dir)
         for queue in ("in", "command", "bounces"):
-            self._staging[queue] = Switchboard(queue, str(self.staging_dir / queue))
+            self._staging[queue] = str(self.staging_dir / queue)
+            os.makedirs(self._staging[queue], 0o770, exist_ok=True)
         return self._snapshot()
 
     # -- the directory ---------------------------------------------------
@@ -142,9 +152,31 @@ class LocalMailman:
 
     # -- the queues ------------------------------------------------------
     async def stage(
-        self, data: bytes, mail_from: str, routes: list[Route], snap: Snapshot
+        self,
+        data: bytes,
+        mail_from: str,
+        routes: list[Route],
+        snap: Snapshot,
+        *,
+        direct: bool = False,
     ) -> Staged | Reply:
-        return await self._run(self._queues, self._stage, data, mail_from, routes, snap)
+        """Write the list copies: into staging, or with ``direct`` straight into
+        Mailman's queues (when nothing else in the transaction can fail)."""
+        if len(data) > INLINE_LIMIT:  # parsing a big message would stall the loop
+            prepared = await self._run(
+                self._queues, self._prepare, data, mail_from, routes, snap, direct
+            )
+        else:
+            prepared = self._prepare(data, mail_from, routes, snap, direct)
+        if isinstance(prepared, Reply):
+            return prepared
+        files, message_id = prepared
+        try:
+            await self._writer.write(files)
+        except OSError as exc:
+            log.error("cannot write to Mailman's queue: %s", exc)
+            return QUEUE_UNAVAILABLE
+        return Staged([] if direct else [(qf.directory, qf.filebase) for qf in files], message_id)
 
     async def commit(self, staged: Staged) -> None:
         await self._run(self._queues, self._commit, staged)
@@ -152,14 +184,16 @@ class LocalMailman:
     async def discard(self, staged: Staged) -> None:
         await self._run(self._queues, self._discard, staged)
 
-    def _stage(
-        self, data: bytes, mail_from: str, routes: list[Route], snap: Snapshot
-    ) -> Staged | Reply:
+    def _prepare(
+        self, data: bytes, mail_from: str, routes: list[Route], snap: Snapshot, direct: bool
+    ) -> tuple[list[QueueFile], str] | Reply:
+        """The header work of mailman.runners.lmtp.LMTPHandler._handle_DATA,
+        then one queue entry per list copy."""
+        from mailman.config import config
         from mailman.email.message import Message
         from mailman.utilities.datetime import now
         from mailman.utilities.email import add_message_hash
 
-        # The header work of mailman.runners.lmtp.LMTPHandler._handle_DATA.
         try:
             msg = email.message_from_bytes(data, Message)
             msg.set_unixfrom(mail_from)
@@ -179,35 +213,37 @@ class LocalMailman:
         add_message_hash(msg)
         msg["X-MailFrom"] = mail_from
         received_time = now()
-        files: list[tuple[str, str]] = []
-        try:
-            for route in routes:
-                assert route.queue is not None
-                msgdata = route.msgdata(
-                    original_size=msg.original_size,
-                    received_time=received_time,
-                    site_owner=snap.site_owner,
-                )
-                files.append((route.queue, self._staging[route.queue].enqueue(msg, msgdata)))
-        except OSError as exc:
-            log.error("cannot write to Mailman's queue: %s", exc)
-            self._discard(Staged(files, str(msg["message-id"])))
-            return QUEUE_UNAVAILABLE
-        return Staged(files, str(msg["message-id"]))
+        msgsave = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
+        files = []
+        for route in routes:
+            assert route.queue is not None
+            directory = (
+                config.switchboards[route.queue].queue_directory
+                if direct
+                else self._staging[route.queue]
+            )
+            msgdata = route.msgdata(
+                original_size=msg.original_size,
+                received_time=received_time,
+                site_owner=snap.site_owner,
+            )
+            files.append(queue_file(directory, msgsave, msgdata, config.QFILE_SCHEMA_VERSION))
+        return files, str(msg["message-id"])
 
     def _commit(self, staged: Staged) -> None:
         from mailman.config import config
 
-        for queue, filebase in staged.files:
-            src = self._staging[queue].queue_directory
+        for directory, filebase in staged.files:
+            queue = os.path.basename(directory)
             dst = config.switchboards[queue].queue_directory
-            os.rename(os.path.join(src, filebase + ".pck"), os.path.join(dst, filebase + ".pck"))
+            os.rename(
+                os.path.join(directory, filebase + ".pck"), os.path.join(dst, filebase + ".pck")
+            )
 
     def _discard(self, staged: Staged) -> None:
-        for queue, filebase in staged.files:
-            path = os.path.join(self._staging[queue].queue_directory, filebase + ".pck")
+        for directory, filebase in staged.files:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(os.path.join(directory, filebase + ".pck"))
 
     @staticmethod
     async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:

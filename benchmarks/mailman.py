@@ -1,0 +1,175 @@
+"""Benchmark of list ingestion: mmgate against Mailman's own LMTP runner.
+
+    python -m benchmarks.mailman [--quick]
+
+One Mailman home (SQLite) with one list; 16 connections (smtp-source, in
+SMTP mode to mmgate and LMTP mode to the runner) post 1 KiB messages to the
+list. The figure is posts accepted and queued per second; after each round
+the ``in`` queue is counted, so every acknowledged post is shown to be on
+disk. Both servers run alone in child processes, as they are shipped
+(``mmgate serve``; ``runner --runner=lmtp``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.engine import free_port
+from mmgate.mailman.embedded import ensure_home
+from mmgate.mailman.local import LocalMailman, queue_directory
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start") from None
+            time.sleep(0.1)
+
+
+def load(port: int, messages: int, *, lmtp: bool) -> float:
+    cmd = [
+        "smtp-source",
+        *(["-L"] if lmtp else []),
+        "-d",
+        "-s",
+        "16",
+        "-m",
+        str(messages),
+        "-l",
+        "1024",
+        "-f",
+        "alice@example.org",
+        "-t",
+        "test@example.com",
+        f"127.0.0.1:{port}",
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0 or done.stderr.strip():
+        raise RuntimeError(f"smtp-source: {done.stderr.strip()}")
+    return elapsed
+
+
+def queued(inq: Path) -> int:
+    return sum(1 for name in os.listdir(inq) if name.endswith(".pck"))
+
+
+def clear(inq: Path) -> None:
+    for name in os.listdir(inq):
+        os.unlink(inq / name)
+
+
+def measure(
+    name: str, cmd: list[str], port: int, inq: Path, messages: int, repeat: int, *, lmtp: bool
+) -> tuple[float, list[int]]:
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    best, counts = 0.0, []
+    try:
+        wait_listening(port, proc)
+        load(port, 200, lmtp=lmtp)  # warm up
+        clear(inq)
+        for _ in range(repeat):
+            elapsed = load(port, messages, lmtp=lmtp)
+            counts.append(queued(inq))
+            clear(inq)
+            best = max(best, messages / elapsed)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print(f"{name:<28}{best:>10.0f} posts/s   queued per round: {counts} of {messages}")
+    return best, counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="posts/s: mmgate vs Mailman's LMTP runner")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("smtp-source") is None:
+        print("smtp-source not found: apt-get install postfix", file=sys.stderr)
+        return 2
+    messages, repeat = (1000, 1) if args.quick else (5000, 3)
+    var = Path(tempfile.mkdtemp(prefix="mmgate-bench-"))
+    lmtp_port, smtp_port = free_port(), free_port()
+    cfg = ensure_home(var, lmtp_port=lmtp_port, smtp_port=smtp_port, rest_port=free_port())
+    mailman = LocalMailman(cfg)
+    mailman.start()
+
+    def create() -> None:
+        from mailman.app.lifecycle import create_list
+        from mailman.config import config
+        from mailman.interfaces.domain import IDomainManager
+        from zope.component import getUtility
+
+        getUtility(IDomainManager).add("example.com")
+        create_list("test@example.com")
+        config.db.commit()
+
+    mailman.call(create)
+    inq = queue_directory("in")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; 16 connections, 1 KiB posts "
+        f"to one list, {messages} per round, best of {repeat}; Mailman home {var}"
+    )
+    runner = str(Path(sys.executable).with_name("runner"))
+    lmtp, _ = measure(
+        "Mailman LMTP runner",
+        [runner, "-C", str(cfg), "--runner=lmtp:0:1"],
+        lmtp_port,
+        inq,
+        messages,
+        repeat,
+        lmtp=True,
+    )
+    rates = {}
+    for sync in ("batch", "file"):
+        rates[sync], _ = measure(
+            f"mmgate serve (spool {sync})",
+            [
+                sys.executable,
+                "-m",
+                "mmgate",
+                "serve",
+                "--mailman-config",
+                str(cfg),
+                "--listen",
+                f"127.0.0.1:{smtp_port}",
+                "--spool-sync",
+                sync,
+            ],
+            smtp_port,
+            inq,
+            messages,
+            repeat,
+            lmtp=False,
+        )
+    print(
+        f"mmgate vs the LMTP runner: {rates['batch'] / lmtp:.2f}x as shipped (one syncfs "
+        f"per batch), {rates['file'] / lmtp:.2f}x with an fsync per file as Mailman does "
+        "(goal >= 5x)"
+    )
+    shutil.rmtree(var, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

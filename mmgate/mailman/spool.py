@@ -1,0 +1,206 @@
+"""Mailman queue files, written as ``Switchboard.enqueue`` writes them.
+
+Why not call ``Switchboard.enqueue``: measured under 16 concurrent posts
+(benchmarks/mailman.py, strace), calling it from worker threads cost about
+60 futex calls per post, as the threads' pickling fought the event loop for
+the GIL between syscalls, and each post paid its own journal commit. So the
+Python half (pickling, the file name) runs on the caller's thread, and one
+writer thread does the file system half for all pending posts at once
+(group commit, see :class:`QueueWriter`), waking the event loop once per
+batch.
+
+The format is Mailman's, line for line (mailman/core/switchboard.py,
+Mailman 3.3): the pickled message, then the pickled metadata with
+``version`` and ``_parsemsg``; the name is ``repr(time) + '+' + sha1``; the
+file is written as ``.tmp``, made durable, and renamed. The tests read every
+entry back with Mailman's own ``Switchboard.dequeue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import os
+import pickle
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class QueueFile:
+    directory: str
+    filebase: str
+    payload: bytes
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, self.filebase + ".pck")
+
+
+def queue_file(
+    directory: str, msgsave: bytes, metadata: dict[str, Any], schema_version: int
+) -> QueueFile:
+    """One entry as ``Switchboard.enqueue(msg, metadata)`` would write it.
+
+    ``msgsave`` is ``pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)``, computed
+    once for all the copies of a message.
+    """
+    data = dict(metadata)
+    list_id = data.get("listid", "--nolist--")
+    now = repr(time.time())
+    hashfood = msgsave + list_id.encode("utf-8") + now.encode("utf-8")
+    filebase = now + "+" + hashlib.sha1(hashfood).hexdigest()
+    data["version"] = schema_version
+    for key in list(data):
+        if key.startswith("_"):
+            del data[key]
+    data["_parsemsg"] = False
+    return QueueFile(directory, filebase, msgsave + pickle.dumps(data, pickle.HIGHEST_PROTOCOL))
+
+
+_Job = tuple[list[QueueFile], "asyncio.Future[None]"]
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2), which Python's os module does not expose."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return syncfs
+
+
+_SYNCFS = _load_syncfs()
+
+
+class QueueWriter:
+    """Writes queue files on one thread, with group commit.
+
+    Each turn takes every pending write: it writes all the ``.tmp`` files,
+    makes them durable with one ``syncfs`` of their file system (``sync =
+    "batch"``), then renames them into place; the order of durability and
+    visibility is Mailman's (data on disk before the rename), but one journal
+    commit serves the whole batch instead of one per file. Measured here, a
+    batch of 16 files: about 9,400 files/s against 1,550 with an fsync each.
+    ``sync = "file"`` fsyncs each file as Mailman does (and is used where
+    syncfs does not exist); choose it when other heavy writers share the file
+    system, since syncfs flushes their dirty data too.
+    """
+
+    def __init__(self, sync: str = "batch") -> None:
+        if sync not in ("batch", "file"):
+            raise ValueError(f"sync must be 'batch' or 'file', not {sync!r}")
+        self.sync = sync if _SYNCFS is not None else "file"
+        self._jobs: deque[tuple[_Job, asyncio.AbstractEventLoop]] = deque()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    async def write(self, files: list[QueueFile]) -> None:
+        """Durably write ``files`` and rename them into place; all or none."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._wake:
+            self._jobs.append(((files, done), loop))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mailman-spool", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        await done
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._jobs:
+                    self._wake.wait()
+                batch = list(self._jobs)
+                self._jobs.clear()
+            errors = self._write_batch([files for (files, _), _ in batch])
+            results: dict[asyncio.AbstractEventLoop, list[tuple[Any, BaseException | None]]] = {}
+            for ((_, done), loop), error in zip(batch, errors, strict=True):
+                results.setdefault(loop, []).append((done, error))
+            for loop, outcomes in results.items():
+                with contextlib.suppress(RuntimeError):  # that loop has closed
+                    loop.call_soon_threadsafe(_settle, outcomes)
+
+    def _write_batch(self, jobs: list[list[QueueFile]]) -> list[BaseException | None]:
+        each_file = self.sync == "file"
+        errors: list[BaseException | None] = []
+        for files in jobs:
+            try:
+                for qf in files:
+                    _write_tmp(qf, fsync=each_file)
+                errors.append(None)
+            except OSError as exc:
+                _remove(qf.path + ".tmp" for qf in files)
+                errors.append(exc)
+        if not each_file:
+            directories = {
+                qf.directory
+                for files, e in zip(jobs, errors, strict=True)
+                if e is None
+                for qf in files
+            }
+            for directory in directories:
+                try:
+                    _syncfs(directory)
+                except OSError as exc:
+                    for n, files in enumerate(jobs):
+                        if errors[n] is None and any(qf.directory == directory for qf in files):
+                            _remove(qf.path + ".tmp" for qf in files)
+                            errors[n] = exc
+        for n, files in enumerate(jobs):
+            if errors[n] is not None:
+                continue
+            try:
+                for qf in files:
+                    os.rename(qf.path + ".tmp", qf.path)
+            except OSError as exc:
+                _remove([*(qf.path for qf in files), *(qf.path + ".tmp" for qf in files)])
+                errors[n] = exc
+        return errors
+
+
+def _write_tmp(qf: QueueFile, *, fsync: bool) -> None:
+    fd = os.open(qf.path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(qf.payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(directory: str) -> None:
+    assert _SYNCFS is not None
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), directory)
+    finally:
+        os.close(fd)
+
+
+def _remove(paths: Iterable[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for done, error in outcomes:
+        if done.cancelled():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
