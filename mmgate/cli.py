@@ -19,8 +19,10 @@ from typing import NoReturn
 
 from mmgate import __version__, config
 from mmgate.gateway import Decision, MailmanProxy, decide
+from mmgate.mailman.backend import MailmanBackend, MailmanUnavailable
 from mmgate.mailman.embedded import ensure_home
-from mmgate.mailman.local import LocalMailman, MailmanUnavailable
+from mmgate.mailman.local import LocalMailman
+from mmgate.mailman.remote import RemoteMailman
 from mmgate.mailman.routing import classify
 from mmgate.proxy import PureProxy
 from mmgate.relay.policy import RelayPolicy
@@ -196,6 +198,16 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         "--var-dir", metavar="DIR", help="where the embedded Mailman lives (default ./var)"
     )
     parser.add_argument(
+        "--mailman-url",
+        metavar="URL",
+        help="a remote Mailman's REST API (with --mailman-lmtp); "
+        "password from MMGATE_MAILMAN_PASSWORD or [mailman] password",
+    )
+    parser.add_argument("--mailman-user", metavar="NAME", help="REST user (default restadmin)")
+    parser.add_argument(
+        "--mailman-lmtp", metavar="HOST:PORT", help="the remote Mailman's LMTP runner"
+    )
+    parser.add_argument(
         "--spool-sync",
         choices=("batch", "file"),
         help="queue files made durable by one syncfs per batch (default) "
@@ -208,9 +220,22 @@ class GatewaySettings:
     listen: tuple[str, int]
     upstream: tuple[str, int] | None
     policy: RelayPolicy
-    mailman_config: Path
+    mailman_config: Path | None
     refresh_interval: float
     spool_sync: str
+    remote: RemoteMailman | None = None
+
+    def backend(self) -> MailmanBackend:
+        """The Mailman to use: remote when a URL was given, else on this host."""
+        if self.remote is not None:
+            return self.remote
+        assert self.mailman_config is not None
+        return LocalMailman(self.mailman_config, spool_sync=self.spool_sync)
+
+    def describe(self) -> str:
+        if self.remote is not None:
+            return f"{self.remote.url} (LMTP {self.remote.lmtp[0]}:{self.remote.lmtp[1]})"
+        return str(self.mailman_config)
 
 
 def gateway_settings(
@@ -230,7 +255,8 @@ def gateway_settings(
     if sync not in ("batch", "file"):
         raise config.ConfigError(f'{sync_where}: must be "batch" or "file", not {sync!r}')
     address = config.hostport(listen, where=where)
-    if mailman_cfg is None:
+    remote = remote_mailman(cfg, args)
+    if mailman_cfg is None and remote is None:
         mailman_cfg = ensure_home(var_dir, smtp_port=address[1] or 8025)
     return GatewaySettings(
         listen=address,
@@ -238,9 +264,30 @@ def gateway_settings(
         policy=config.relay_policy(
             cfg, os.environ, networks=args.relay_networks, domains=args.relay_domains
         ),
-        mailman_config=Path(mailman_cfg),
+        mailman_config=Path(mailman_cfg) if mailman_cfg else None,
         refresh_interval=float(refresh),
         spool_sync=sync,
+        remote=remote,
+    )
+
+
+def remote_mailman(cfg: config.ConfigFile, args: argparse.Namespace) -> RemoteMailman | None:
+    url, _ = config.pick(cfg, "mailman", "url", args.mailman_url, "--mailman-url", None)
+    if url is None:
+        return None
+    lmtp, lmtp_where = config.pick(
+        cfg, "mailman", "lmtp", args.mailman_lmtp, "--mailman-lmtp", None
+    )
+    if lmtp is None:
+        raise UsageError("--mailman-url needs --mailman-lmtp HOST:PORT (or [mailman] lmtp)")
+    user, _ = config.pick(cfg, "mailman", "user", args.mailman_user, "--mailman-user", "restadmin")
+    password = os.environ.get("MMGATE_MAILMAN_PASSWORD") or cfg.get("mailman", "password")
+    if not password:
+        raise UsageError(
+            "--mailman-url needs a password: MMGATE_MAILMAN_PASSWORD or [mailman] password"
+        )
+    return RemoteMailman(
+        url, user=user, password=password, lmtp=config.hostport(lmtp, where=lmtp_where)
     )
 
 
@@ -268,7 +315,7 @@ def run_serve(argv: Sequence[str]) -> int:
         server = MailmanProxy(
             settings.listen,
             settings.upstream,
-            mailman=LocalMailman(settings.mailman_config, spool_sync=settings.spool_sync),
+            mailman=settings.backend(),
             relay_policy=settings.policy,
             refresh_interval=settings.refresh_interval,
         )
@@ -283,7 +330,7 @@ def run_serve(argv: Sequence[str]) -> int:
     logging.getLogger("mmgate").info(
         "serving on %s:%d; Mailman %s (%d lists, %d domains); relay %s",
         *server.address,
-        settings.mailman_config,
+        settings.describe(),
         len(snap.lists),
         len(snap.domains),
         f"{settings.upstream[0]}:{settings.upstream[1]}" if settings.upstream else "not configured",
@@ -308,7 +355,7 @@ def run_route(argv: Sequence[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     settings = gateway_settings(args)
     try:
-        snap = LocalMailman(settings.mailman_config).start()
+        snap = settings.backend().start()
     except MailmanUnavailable as exc:
         raise UsageError(f"Mailman cannot be used: {exc}") from None
     decisions = []

@@ -34,6 +34,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "var_dir": (str, "a directory"),
         "refresh_interval": ((int, float), "a number of seconds"),
         "spool_sync": (str, '"batch" or "file"'),
+        "url": (str, "the URL of a Mailman REST API"),
+        "user": (str, "a REST user name"),
+        "password": (str, "the REST password"),
+        "lmtp": (str, "HOST:PORT"),
     },
 }
 

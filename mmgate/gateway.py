@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from mmgate.channel import SMTPChannel
+from mmgate.mailman.backend import MailmanBackend, Staged
 from mmgate.mailman.directory import Directory
 from mmgate.mailman.embedded import ensure_home
-from mmgate.mailman.local import LocalMailman, Staged
+from mmgate.mailman.local import LocalMailman
+from mmgate.mailman.remote import DeliveryFailed
 from mmgate.mailman.routing import Route, RouteKind
 from mmgate.proxy import PureProxy, RelayChannel, client_ip, wire_form
 from mmgate.relay.policy import RelayPolicy, relay_refusal
@@ -137,7 +139,7 @@ class MailmanProxy(PureProxy):
         localaddr: tuple[str, int],
         remoteaddr: tuple[str, int] | None,
         *args: Any,
-        mailman: LocalMailman | None = None,
+        mailman: MailmanBackend | None = None,
         var_dir: str | Path = "var",
         refresh_interval: float = 2.0,
         **kwargs: Any,
@@ -196,10 +198,12 @@ class MailmanProxy(PureProxy):
             upstream = await relay.data(message)
             if not upstream.is_success:
                 reply = upstream
-        if staged is not None and staged.files:
+        if staged is not None and staged.pending:
             if reply.is_success:
                 try:
                     await self.mailman.commit(staged)
+                except DeliveryFailed as exc:
+                    reply = exc.reply
                 except OSError as exc:
                     log.error(
                         "id=%s: cannot move list copies into Mailman's queue: %s", queue_id, exc

@@ -9,7 +9,13 @@ Mailman's own Switchboard.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +72,51 @@ class MailmanEnv:
 
     def call(self, fn: Any) -> Any:
         return self.mailman.call(fn)
+
+    def setting(self, key: str) -> str:
+        """One ``key: value`` of the generated mailman.cfg."""
+        for line in self.config.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return line.split(":", 1)[1].strip()
+        raise KeyError(key)
+
+    @contextmanager
+    def runner(self, name: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+        """One of Mailman's own runners, started as Mailman starts it."""
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("runner")),
+                "-C",
+                str(self.config),
+                f"--runner={name}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert proc.poll() is None, f"Mailman's {name} runner exited"
+                    assert time.monotonic() < deadline, f"Mailman's {name} runner did not start"
+                    time.sleep(0.2)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(15)
+
+    def wait_for_queue(self, count: int, timeout: float = 10.0) -> None:
+        """Until ``count`` entries are in Mailman's queues (another process writes)."""
+        from mailman.config import config
+
+        deadline = time.monotonic() + timeout
+        while sum(len(config.switchboards[q].files) for q in ("in", "command", "bounces")) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} queue entries"
+            time.sleep(0.05)
 
     def drain(self, queue: str) -> list[tuple[Any, dict[str, Any]]]:
         """Every entry of a Mailman queue, removed: (message, msgdata)."""

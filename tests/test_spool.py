@@ -20,9 +20,12 @@ def entry(mm: MailmanEnv, directory: str, subject: str) -> object:
     msg = Message()
     msg["Subject"] = subject
     msg.set_payload("body")
-    return queue_file(directory, pickle.dumps(msg, pickle.HIGHEST_PROTOCOL),
-                      {"listid": "test.example.com", "to_list": True, "_volatile": 1},
-                      config.QFILE_SCHEMA_VERSION)
+    return queue_file(
+        directory,
+        pickle.dumps(msg, pickle.HIGHEST_PROTOCOL),
+        {"listid": "test.example.com", "to_list": True, "_volatile": 1},
+        config.QFILE_SCHEMA_VERSION,
+    )
 
 
 @pytest.mark.parametrize("sync", ["batch", "file"])
@@ -46,8 +49,7 @@ def test_entries_are_read_back_by_mailmans_switchboard(mm: MailmanEnv, sync: str
 
 
 @pytest.mark.parametrize("sync", ["batch", "file"])
-def test_a_failed_write_raises_and_leaves_nothing_behind(mm: MailmanEnv, tmp_path: Path,
-                                                         sync: str):
+def test_a_failed_write_raises_and_leaves_nothing_behind(mm: MailmanEnv, tmp_path: Path, sync: str):
     from mailman.config import config
 
     good = config.switchboards["in"].queue_directory

@@ -31,10 +31,10 @@ import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mmgate.mailman.backend import MailmanUnavailable, Staged
 from mmgate.mailman.routing import Route, Snapshot
 from mmgate.mailman.spool import QueueFile, QueueWriter, queue_file
 from mmgate.smtp.replies import Reply
@@ -49,18 +49,6 @@ QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Mailman's queue is not available, try a
 INLINE_LIMIT = 64 * 1024
 _initialized: list[str] = []  # the config Mailman was initialized with here
 _init_lock = threading.Lock()
-
-
-class MailmanUnavailable(Exception):
-    """Mailman could not be used; the text says what failed, in one line."""
-
-
-@dataclass
-class Staged:
-    """List copies written to staging, waiting for the transaction's verdict."""
-
-    files: list[tuple[str, str]]  # (staging directory, filebase)
-    message_id: str
 
 
 class LocalMailman:
