@@ -11,4 +11,21 @@ from mmgate.debugging import DebuggingServer
 from mmgate.proxy import PureProxy
 from mmgate.server import SMTPServer, loop
 
-__all__ = ["DebuggingServer", "PureProxy", "SMTPChannel", "SMTPServer", "__version__", "loop"]
+__all__ = [
+    "DebuggingServer",
+    "MailmanProxy",
+    "PureProxy",
+    "SMTPChannel",
+    "SMTPServer",
+    "__version__",
+    "loop",
+]
+
+
+def __getattr__(name: str) -> object:
+    # MailmanProxy imports Mailman (a third of a second): only when asked for.
+    if name == "MailmanProxy":
+        from mmgate.gateway import MailmanProxy
+
+        return MailmanProxy
+    raise AttributeError(f"module 'mmgate' has no attribute {name!r}")

@@ -15,21 +15,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from mmgate import __version__, config
-from mmgate.gateway import Decision, MailmanProxy, decide
-from mmgate.mailman.backend import MailmanBackend, MailmanUnavailable
-from mmgate.mailman.embedded import ensure_home
-from mmgate.mailman.local import LocalMailman
-from mmgate.mailman.remote import RemoteMailman
-from mmgate.mailman.routing import classify
 from mmgate.proxy import PureProxy
 from mmgate.relay.policy import RelayPolicy
 from mmgate.runtime import LoopChoiceError, loop_factory
 from mmgate.server import SMTPServer, loop
 from mmgate.smtp import paths, replies
 from mmgate.smtp.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from mmgate.mailman.backend import MailmanBackend
+    from mmgate.mailman.remote import RemoteMailman
 
 _BUILTIN_CLASSES = ("DebuggingServer", "PureProxy", "MailmanProxy")
 
@@ -227,6 +225,8 @@ class GatewaySettings:
 
     def backend(self) -> MailmanBackend:
         """The Mailman to use: remote when a URL was given, else on this host."""
+        from mmgate.mailman.local import LocalMailman
+
         if self.remote is not None:
             return self.remote
         assert self.mailman_config is not None
@@ -257,6 +257,8 @@ def gateway_settings(
     address = config.hostport(listen, where=where)
     remote = remote_mailman(cfg, args)
     if mailman_cfg is None and remote is None:
+        from mmgate.mailman.embedded import ensure_home
+
         mailman_cfg = ensure_home(var_dir, smtp_port=address[1] or 8025)
     return GatewaySettings(
         listen=address,
@@ -275,6 +277,8 @@ def remote_mailman(cfg: config.ConfigFile, args: argparse.Namespace) -> RemoteMa
     url, _ = config.pick(cfg, "mailman", "url", args.mailman_url, "--mailman-url", None)
     if url is None:
         return None
+    from mmgate.mailman.remote import RemoteMailman
+
     lmtp, lmtp_where = config.pick(
         cfg, "mailman", "lmtp", args.mailman_lmtp, "--mailman-lmtp", None
     )
@@ -302,6 +306,9 @@ def _log_to_stderr(debug: bool) -> None:
 
 
 def run_serve(argv: Sequence[str]) -> int:
+    from mmgate.gateway import MailmanProxy
+    from mmgate.mailman.backend import MailmanUnavailable
+
     parser = _Parser(
         prog="mmgate serve", description="The gateway: list mail into Mailman, the rest relayed."
     )
@@ -340,6 +347,10 @@ def run_serve(argv: Sequence[str]) -> int:
 
 
 def run_route(argv: Sequence[str]) -> int:
+    from mmgate.gateway import Decision, decide
+    from mmgate.mailman.backend import MailmanUnavailable
+    from mmgate.mailman.routing import classify
+
     parser = _Parser(
         prog="mmgate route", description="What the gateway would do with each address."
     )

@@ -27,6 +27,7 @@ def running(
     module: str = "mmgate",
     remote: tuple[str, int] | None = None,
     env: dict[str, str] | None = None,
+    cwd: str | None = None,
 ) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = free_port()
     cmd = [
@@ -46,6 +47,7 @@ def running(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     deadline = time.monotonic() + 10
     while True:

@@ -131,3 +131,24 @@ def test_serve_names_the_file_and_key_of_a_bad_setting(tmp_path: Path):
     done = mmgate("serve", "--config", str(cfg), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr == f"mmgate: error: {cfg}: smtp.listen: must be HOST:PORT, not '127.0.0.1'\n"
+
+
+def test_smtpd_command_runs_mailmanproxy_on_an_embedded_mailman(tmp_path: Path):
+    from tests.test_cli_debugging import running, stop
+
+    refuser = socket.socket()
+    refuser.bind(("127.0.0.1", 0))  # an upstream that is down: bound, not listening
+    with running("-c", "MailmanProxy", remote=refuser.getsockname(), cwd=str(tmp_path)) as (
+        proc,
+        port,
+    ):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.ehlo()
+            client.mail("a@example.org")
+            assert client.rcpt("b@elsewhere.example") == (
+                451,
+                b"4.4.1 Upstream unreachable, try again later",
+            )
+        assert stop(proc)[0] == 0
+    refuser.close()
+    assert (tmp_path / "var" / "mailman.cfg").is_file()
