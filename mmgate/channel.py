@@ -97,6 +97,9 @@ class SMTPChannel(asyncio.Protocol):
         self.mailfrom: str | None = None
         self.rcpttos: list[str] = []
         self.received_data: str | bytes = ""
+        #: The framer's account of the last message (size, long lines, bare
+        #: line endings), for process_message code that reports on them.
+        self.last_message: MessageData | None = None
         self.mail_options: list[str] = []
         self.rcpt_options: list[str] = []
         self.require_SMTPUTF8 = False
@@ -320,6 +323,7 @@ class SMTPChannel(asyncio.Protocol):
             raw = raw[:-2].replace(b"\r\n", b"\n")
         data = raw.decode("utf-8", "surrogateescape") if self._decode_data else raw
         self.received_data = data
+        self.last_message = event
         self._busy = True
         assert self.mailfrom is not None
         outcome = server._dispatch_message(

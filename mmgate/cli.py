@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from mmgate import __version__, config
+from mmgate.debugging import DebuggingServer
 from mmgate.proxy import PureProxy
 from mmgate.relay.policy import RelayPolicy
 from mmgate.runtime import LoopChoiceError, loop_factory
@@ -170,9 +171,11 @@ def run_smtpd(argv: Sequence[str], prog: str = "mmgate smtpd") -> int:
     if issubclass(cls, PureProxy):
         kwargs["relay_policy"] = policy
     try:
-        cls(localaddr, remoteaddr, **kwargs)  # type: ignore[arg-type]
+        server = cls(localaddr, remoteaddr, **kwargs)  # type: ignore[arg-type]
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.localspec}: {exc.strerror or exc}") from None
+    if isinstance(server, DebuggingServer):
+        server.print_envelope = False  # exactly smtpd's output, for scripts that parse it
     if not args.nosetuid:
         _drop_privileges()
     loop()
@@ -391,14 +394,123 @@ def run_route(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_debug(argv: Sequence[str]) -> int:
+    from mmgate.debug.lab import Lab, LabError
+    from mmgate.debug.server import DebugServer
+    from mmgate.mailman.backend import MailmanUnavailable
+    from mmgate.mailman.local import LocalMailman
+
+    parser = _Parser(
+        prog="mmgate debug", description="Show every message and what Mailman would do with it."
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8025")
+    add_gateway_options(parser)
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per message, for scripts",
+    )
+    parser.add_argument("--full", action="store_true", help="whole bodies, no MIME summary")
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument("--maildir", metavar="DIR", help="also store every message here")
+    store.add_argument("--mbox", metavar="FILE", help="also store every message here")
+    parser.add_argument(
+        "--lab",
+        action="store_true",
+        help="run a Mailman with its runners and inject list mail for real",
+    )
+    parser.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="NAME@DOMAIN",
+        help="(--lab) a list to create; repeatable",
+    )
+    parser.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="(--lab) a member of every list; repeatable",
+    )
+    parser.add_argument(
+        "--owner",
+        default="owner@example.org",
+        metavar="ADDRESS",
+        help="(--lab) the lists' owner (default owner@example.org)",
+    )
+    args = parser.parse_args(argv)
+    if not args.lab and (args.list or args.member):
+        raise UsageError("--list and --member need --lab")
+    if args.lab and (args.mailman_config or args.mailman_url):
+        raise UsageError(
+            "--lab runs its own Mailman: --mailman-config and --mailman-url do not apply"
+        )
+    lab: Lab | None = None
+    try:
+        if args.lab:
+            lab = Lab(args.var_dir, args.list, args.member, args.owner)
+            listen = config.hostport(args.listen or "127.0.0.1:8025", where="--listen")
+            args.mailman_config = str(lab.home(listen[1]))
+        settings = gateway_settings(args, listen_flag=args.listen)
+        backend = settings.backend()
+        if lab is not None:
+            assert isinstance(backend, LocalMailman)
+            backend.start()
+            lab.populate(backend)
+        server = DebugServer(
+            settings.listen,
+            settings.upstream,
+            mailman=backend,
+            relay_policy=settings.policy,
+            refresh_interval=1.0 if lab else 2.0,
+            lab=lab is not None,
+            output_format=args.format,
+            full=args.full,
+            maildir=args.maildir,
+            mbox=args.mbox,
+        )
+        if lab is not None:
+            lab.start_runners()
+    except BaseException as exc:
+        if lab is not None:  # whatever went wrong, leave nothing running
+            lab.stop_runners()
+            lab.cleanup()
+        if isinstance(exc, MailmanUnavailable | LabError):
+            raise UsageError(str(exc)) from None
+        if not isinstance(exc, OSError):
+            raise
+        raise UsageError(
+            f"cannot listen on {args.listen or '127.0.0.1:8025'}: {exc.strerror or exc}"
+        ) from None
+    _log_to_stderr(False)
+    snap = server.directory.snapshot
+    what = (
+        f"lab in {lab.var} with Mailman's runners: lists {', '.join(lab.lists) or 'none'}, "
+        f"members {', '.join(lab.members) or 'none'}"
+        if lab
+        else f"Mailman {settings.describe()} ({len(snap.lists)} lists)"
+    )
+    logging.getLogger("mmgate").info("debug server on %s:%d; %s", *server.address, what)
+    try:
+        loop()
+    finally:
+        if lab is not None:
+            lab.stop_runners()
+            lab.cleanup()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve": run_serve, "route": run_route, "smtpd": run_smtpd}
+    commands = {"serve": run_serve, "route": run_route, "debug": run_debug, "smtpd": run_smtpd}
     if not argv or argv[0] in ("-h", "--help"):
         print(
             f"usage: mmgate {{{','.join(commands)}}} ...\n\n"
             "  serve    the gateway in front of Mailman (mmgate serve --help)\n"
             "  route    what the gateway would do with an address\n"
+            "  debug    show every message and its routes; --lab for a list round trip\n"
             "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)"
         )
         return 0 if argv else 2

@@ -23,14 +23,10 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
-from mmgate.mailman.embedded import ensure_home
+from mmgate.mailman.embedded import FAST_RUNNERS, ensure_home
 from mmgate.mailman.local import LocalMailman
 from tests.upstream import free_port
 
-FAST_RUNNERS = "".join(
-    f"\n[runner.{name}]\nsleep_time: 0.1s\n"
-    for name in ("in", "pipeline", "out", "command", "virgin", "bounces")
-)
 LISTS = (
     "test@example.com",
     "foo-bar@example.com",

@@ -82,9 +82,7 @@ def test_debugging_server_prints_smtpd_format_and_stops_on_sigterm(module: str):
             )
         code, out, err = stop(proc)
     assert code == 0, err
-    assert out == (
-        "Envelope from: eggs@example.com\n"
-        "Envelope to: spam@example.com\n"
+    assert out == (  # exactly what python -m smtpd -c DebuggingServer printed
         "---------- MESSAGE FOLLOWS ----------\n"
         "mail options: ['SIZE=27']\n"
         "b'From: test'\n"
@@ -165,3 +163,19 @@ def test_port_in_use_is_one_line_and_exit_2():
         )
     assert proc.returncode == 2
     assert "cannot listen on" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_debugging_server_class_also_prints_the_envelope(capsys: pytest.CaptureFixture[str]):
+    from mmgate import DebuggingServer
+    from tests.harness import serving
+
+    with (
+        serving(DebuggingServer(("127.0.0.1", 0), None)) as address,
+        smtplib.SMTP(*address) as client,
+    ):
+        client.sendmail("a@example.com", ["b@example.org", "c@example.org"], b"x: y\r\n\r\nz\r\n")
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "Envelope from: a@example.com\nEnvelope to: b@example.org, c@example.org\n"
+        "---------- MESSAGE FOLLOWS ----------\n"
+    )

@@ -42,6 +42,14 @@ admin_pass: {rest_pass}
 """
 
 
+#: Runner polling for a lab or a test: injection to delivery drops from
+#: ~1.3 s to ~0.12 s (MAILMAN-NOTES). Not for production, where it only burns CPU.
+FAST_RUNNERS = "".join(
+    f"\n[runner.{name}]\nsleep_time: 0.1s\n"
+    for name in ("in", "pipeline", "out", "command", "virgin", "bounces")
+)
+
+
 def ensure_home(
     var_dir: str | Path,
     *,

@@ -1,0 +1,1 @@
+"""Debug mode: see every message and what Mailman would do with it."""
