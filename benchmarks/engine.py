@@ -86,10 +86,20 @@ def running(kind: str, loop: str, upstream: int | None = None) -> Iterator[Serve
         server.stop()
 
 
-def smtp_source(port: int, *, sessions: int, messages: int, length: int) -> float:
+def smtp_source(
+    port: int,
+    *,
+    sessions: int,
+    messages: int,
+    length: int,
+    lmtp: bool = False,
+    sender: str = "sender@example.com",
+    recipient: str = "rcpt@example.com",
+) -> float:
     """Seconds for smtp-source to deliver ``messages`` over persistent sessions."""
     cmd = [
         "smtp-source",
+        *(["-L"] if lmtp else []),
         "-d",
         "-s",
         str(sessions),
@@ -98,17 +108,28 @@ def smtp_source(port: int, *, sessions: int, messages: int, length: int) -> floa
         "-l",
         str(length),
         "-f",
-        "sender@example.com",
+        sender,
         "-t",
-        "rcpt@example.com",
+        recipient,
         f"127.0.0.1:{port}",
     ]
     started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     elapsed = time.perf_counter() - started
     if done.returncode != 0 or done.stderr.strip():
         raise RuntimeError(f"smtp-source failed: {done.stderr.strip()}")
     return elapsed
+
+
+def bench_args(description: str) -> argparse.Namespace | None:
+    """The benchmarks' common options; None (after saying why) if they cannot run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="fewer messages, for a smoke run")
+    args = parser.parse_args()
+    if shutil.which("smtp-source") is None:
+        print("smtp-source not found: apt-get install postfix", file=sys.stderr)
+        return None
+    return args
 
 
 def read_reply(sock: socket.socket) -> bytes:
@@ -185,11 +206,8 @@ def measure(kind: str, loop: str, args: argparse.Namespace) -> Figures:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer messages, for a smoke run")
-    args = parser.parse_args()
-    if shutil.which("smtp-source") is None:
-        print("smtp-source not found: apt-get install postfix", file=sys.stderr)
+    args = bench_args("SMTP engine: mmgate against aiosmtpd")
+    if args is None:
         return 2
     args.small, args.large, args.repeat = (4000, 8, 1) if args.quick else (30000, 40, 3)
     args.idle = 1000

@@ -12,7 +12,6 @@ disk. Both servers run alone in child processes, as they are shipped
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.engine import free_port
+from benchmarks.engine import bench_args, free_port, smtp_source
 from mmgate.mailman.embedded import ensure_home
 from mmgate.mailman.local import LocalMailman, queue_directory
 
@@ -41,28 +40,15 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 def load(port: int, messages: int, *, lmtp: bool) -> float:
-    cmd = [
-        "smtp-source",
-        *(["-L"] if lmtp else []),
-        "-d",
-        "-s",
-        "16",
-        "-m",
-        str(messages),
-        "-l",
-        "1024",
-        "-f",
-        "alice@example.org",
-        "-t",
-        "test@example.com",
-        f"127.0.0.1:{port}",
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0 or done.stderr.strip():
-        raise RuntimeError(f"smtp-source: {done.stderr.strip()}")
-    return elapsed
+    return smtp_source(
+        port,
+        sessions=16,
+        messages=messages,
+        length=1024,
+        lmtp=lmtp,
+        sender="alice@example.org",
+        recipient="test@example.com",
+    )
 
 
 def queued(inq: Path) -> int:
@@ -101,11 +87,8 @@ def measure(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="posts/s: mmgate vs Mailman's LMTP runner")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if shutil.which("smtp-source") is None:
-        print("smtp-source not found: apt-get install postfix", file=sys.stderr)
+    args = bench_args("posts/s: mmgate vs Mailman's LMTP runner")
+    if args is None:
         return 2
     messages, repeat = (1000, 1) if args.quick else (5000, 3)
     var = Path(tempfile.mkdtemp(prefix="mmgate-bench-"))

@@ -11,12 +11,10 @@ arrived, so a proxy that answers 250 and loses mail is seen to.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import sys
 
-from benchmarks.engine import CONFIGS, SHIPPED, running, smtp_source
+from benchmarks.engine import CONFIGS, SHIPPED, bench_args, running, smtp_source
 
 
 def measure(kind: str, loop: str, messages: int, repeat: int) -> tuple[float, int, int]:
@@ -35,11 +33,8 @@ def measure(kind: str, loop: str, messages: int, repeat: int) -> tuple[float, in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="relay msgs/s: PureProxy vs aiosmtpd Proxy")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if shutil.which("smtp-source") is None:
-        print("smtp-source not found: apt-get install postfix", file=sys.stderr)
+    args = bench_args("relay msgs/s: PureProxy vs aiosmtpd Proxy")
+    if args is None:
         return 2
     messages, repeat = (3000, 1) if args.quick else (20000, 3)
     print(

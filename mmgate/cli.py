@@ -42,16 +42,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` into a tuple, or a UsageError naming it."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UsageError(f"{what} must be HOST:PORT, not {text!r}")
-    return host, int(port)
-
-
 def resolve_server_class(name: str) -> type[SMTPServer]:
     """A built-in class name, or a dotted ``module.Class`` path."""
     if name in _BUILTIN_CLASSES:
@@ -150,8 +140,8 @@ def run_smtpd(argv: Sequence[str], prog: str = "mmgate smtpd") -> int:
     args = smtpd_parser(prog).parse_args(argv)
     if args.size is not None and args.size < 0:
         raise UsageError(f"--size must be 0 or more octets, not {args.size}")
-    localaddr = parse_hostport(args.localspec, what="the local address")
-    remoteaddr = parse_hostport(args.remotespec, what="the remote address")
+    localaddr = config.hostport(args.localspec, where="the local address")
+    remoteaddr = config.hostport(args.remotespec, where="the remote address")
     cls = resolve_server_class(args.classname)
     loop_factory()  # a bad MMGATE_LOOP is refused before anything binds
     logging.basicConfig(

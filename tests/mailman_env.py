@@ -9,7 +9,6 @@ Mailman's own Switchboard.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from aiosmtpd.smtp import Envelope
 
 from mmgate.mailman.embedded import FAST_RUNNERS, ensure_home
 from mmgate.mailman.local import LocalMailman
+from tests.harness import wait_for_port
 from tests.upstream import free_port
 
 LISTS = (
@@ -91,15 +91,7 @@ class MailmanEnv:
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert proc.poll() is None, f"Mailman's {name} runner exited"
-                    assert time.monotonic() < deadline, f"Mailman's {name} runner did not start"
-                    time.sleep(0.2)
+            wait_for_port(port, proc, f"Mailman's {name} runner")
             yield proc
         finally:
             proc.terminate()

@@ -8,11 +8,12 @@ import smtplib
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+
+from tests.harness import wait_for_port
 
 
 def free_port() -> int:
@@ -49,16 +50,7 @@ def running(
         env={**os.environ, **(env or {})},
         cwd=cwd,
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(proc.communicate()) from None
-            time.sleep(0.05)
+    wait_for_port(port, proc, " ".join(cmd))
     try:
         yield proc, port
     finally:
@@ -126,7 +118,7 @@ def test_dotted_class_path_is_loaded():
         (["-c", "os.NoSuchThing"], "cannot load class 'os.NoSuchThing'"),
         (["-c", "collections.OrderedDict"], "is not an SMTPServer subclass"),
         (["-s", "-5"], "--size must be 0 or more"),
-        (["nohostport"], "the local address must be HOST:PORT"),
+        (["nohostport"], "the local address: must be HOST:PORT"),
         (["--frobnicate"], "unrecognized arguments"),
     ],
 )

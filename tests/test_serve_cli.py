@@ -8,11 +8,11 @@ import smtplib
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.harness import wait_for_port
 from tests.mailman_env import MailmanEnv
 from tests.upstream import free_port
 
@@ -33,14 +33,7 @@ def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-                time.sleep(0.1)
+        wait_for_port(port, proc, "mmgate serve")
         with smtplib.SMTP("127.0.0.1", port) as client:
             client.ehlo()
             client.mail("a@example.org")

@@ -247,13 +247,8 @@ class RelayTransaction:
                 b"TO:<" + address.encode("utf-8") + b">",
                 timeout=self.pool.timeouts.rcpt,
             )
-        except _TIMEOUT:
-            self._drop()
-            return replies.UPSTREAM_TIMEOUT
-        except (aiosmtplib.SMTPException, *_LOST) as exc:
-            log.warning("upstream %s: lost at RCPT: %s", self.pool.address, exc)
-            self._drop()
-            return replies.UPSTREAM_LOST
+        except (*_TIMEOUT, aiosmtplib.SMTPException, *_LOST) as exc:
+            return self._broken(exc, "RCPT")
         if response.code == 421:
             self._drop()
             return replies.UPSTREAM_LOST
@@ -277,16 +272,19 @@ class RelayTransaction:
             response = await conn.smtp.data(message, timeout=self.pool.timeouts.data_end)
         except aiosmtplib.SMTPDataError as exc:
             return as_reply(exc.code, exc.message)
-        except _TIMEOUT:
-            self._drop()
-            return replies.UPSTREAM_TIMEOUT
-        except (aiosmtplib.SMTPException, *_LOST) as exc:
-            log.warning("upstream %s: lost during DATA: %s", self.pool.address, exc)
-            self._drop()
-            return replies.UPSTREAM_LOST
+        except (*_TIMEOUT, aiosmtplib.SMTPException, *_LOST) as exc:
+            return self._broken(exc, "DATA")
         conn.dirty = False
         self.release()
         return as_reply(response.code, response.message)
+
+    def _broken(self, exc: BaseException, command: str) -> Reply:
+        """The session failed at ``command``: drop it; 451 so the client retries."""
+        self._drop()
+        if isinstance(exc, _TIMEOUT):
+            return replies.UPSTREAM_TIMEOUT
+        log.warning("upstream %s: lost at %s: %s", self.pool.address, command, exc)
+        return replies.UPSTREAM_LOST
 
     def _drop(self) -> None:
         if self._conn is not None:
