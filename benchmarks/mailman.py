@@ -86,11 +86,8 @@ def measure(
     return best, counts
 
 
-def main() -> int:
-    args = bench_args("posts/s: mmgate vs Mailman's LMTP runner")
-    if args is None:
-        return 2
-    messages, repeat = (1000, 1) if args.quick else (5000, 3)
+def bench_home() -> tuple[Path, Path, int, int, Path]:
+    """A fresh Mailman home with one list: (var, config, LMTP port, SMTP port, in queue)."""
     var = Path(tempfile.mkdtemp(prefix="mmgate-bench-"))
     lmtp_port, smtp_port = free_port(), free_port()
     cfg = ensure_home(var, lmtp_port=lmtp_port, smtp_port=smtp_port, rest_port=free_port())
@@ -108,7 +105,33 @@ def main() -> int:
         config.db.commit()
 
     mailman.call(create)
-    inq = queue_directory("in")
+    return var, cfg, lmtp_port, smtp_port, queue_directory("in")
+
+
+def serve_command(cfg: Path, var: Path, port: int, *extra: str) -> list[str]:
+    """``mmgate serve`` on this home; its store (if any) in the same var dir."""
+    return [
+        sys.executable,
+        "-m",
+        "mmgate",
+        "serve",
+        "--mailman-config",
+        str(cfg),
+        "--var-dir",
+        str(var),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--no-api",
+        *extra,
+    ]
+
+
+def main() -> int:
+    args = bench_args("posts/s: mmgate vs Mailman's LMTP runner")
+    if args is None:
+        return 2
+    messages, repeat = (1000, 1) if args.quick else (5000, 3)
+    var, cfg, lmtp_port, smtp_port, inq = bench_home()
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; 16 connections, 1 KiB posts "
         f"to one list, {messages} per round, best of {repeat}; Mailman home {var}"
@@ -127,18 +150,7 @@ def main() -> int:
     for sync in ("batch", "file"):
         rates[sync], _ = measure(
             f"mmgate serve (spool {sync})",
-            [
-                sys.executable,
-                "-m",
-                "mmgate",
-                "serve",
-                "--mailman-config",
-                str(cfg),
-                "--listen",
-                f"127.0.0.1:{smtp_port}",
-                "--spool-sync",
-                sync,
-            ],
+            serve_command(cfg, var, smtp_port, "--spool-sync", sync),
             smtp_port,
             inq,
             messages,

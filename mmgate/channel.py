@@ -11,6 +11,7 @@ leave in one write (RFC 2920). Sequencing comes from the table in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections.abc import Awaitable
@@ -323,7 +324,9 @@ class SMTPChannel(asyncio.Protocol):
             raw = raw[:-2].replace(b"\r\n", b"\n")
         data = raw.decode("utf-8", "surrogateescape") if self._decode_data else raw
         self.received_data = data
-        self.last_message = event
+        # The flags and size only: holding the data would keep every
+        # connection's last message in memory until its next one.
+        self.last_message = dataclasses.replace(event, data=b"")
         self._busy = True
         assert self.mailfrom is not None
         outcome = server._dispatch_message(

@@ -12,10 +12,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mmgate import __version__, config
 from mmgate.debugging import DebuggingServer
@@ -23,8 +23,6 @@ from mmgate.proxy import PureProxy
 from mmgate.relay.policy import RelayPolicy
 from mmgate.runtime import LoopChoiceError, loop_factory
 from mmgate.server import SMTPServer, loop
-from mmgate.smtp import paths, replies
-from mmgate.smtp.errors import ProtocolError
 
 if TYPE_CHECKING:
     from mmgate.mailman.backend import MailmanBackend
@@ -215,6 +213,10 @@ class GatewaySettings:
     refresh_interval: float
     spool_sync: str
     remote: RemoteMailman | None = None
+    store_url: str | None = None
+    api_token: str | None = None
+    api_bind: str = "127.0.0.1:8026"
+    api_workers: int = 2
 
     def backend(self) -> MailmanBackend:
         """The Mailman to use: remote when a URL was given, else on this host."""
@@ -231,9 +233,27 @@ class GatewaySettings:
         return str(self.mailman_config)
 
 
+#: The flags gateway_settings reads; a plain mapping may give any of them.
+_GATEWAY_FLAGS = (
+    "config",
+    "relay",
+    "relay_networks",
+    "relay_domains",
+    "mailman_config",
+    "var_dir",
+    "mailman_url",
+    "mailman_user",
+    "mailman_lmtp",
+    "spool_sync",
+    "no_store",
+)
+
+
 def gateway_settings(
-    args: argparse.Namespace, *, listen_flag: str | None = None
+    args: argparse.Namespace | Mapping[str, Any], *, listen_flag: str | None = None
 ) -> GatewaySettings:
+    if isinstance(args, Mapping):
+        args = argparse.Namespace(**{**dict.fromkeys(_GATEWAY_FLAGS), **args})
     cfg = config.read_config(args.config)
     listen, where = config.pick(cfg, "smtp", "listen", listen_flag, "--listen", "127.0.0.1:8025")
     upstream, up_where = config.pick(cfg, "relay", "upstream", args.relay, "--relay", None)
@@ -248,6 +268,14 @@ def gateway_settings(
     if sync not in ("batch", "file"):
         raise config.ConfigError(f'{sync_where}: must be "batch" or "file", not {sync!r}')
     address = config.hostport(listen, where=where)
+    store, _ = config.pick(cfg, "api", "store", None, "", None)
+    if store is None:
+        store = f"sqlite:///{Path(var_dir).resolve() / 'mmgate.db'}"
+    if getattr(args, "no_store", None) or store == "":
+        store = None
+    elif store.startswith("sqlite:///"):
+        Path(store[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    token = os.environ.get("MMGATE_API_TOKEN") or cfg.get("api", "token")
     remote = remote_mailman(cfg, args)
     if mailman_cfg is None and remote is None:
         from mmgate.mailman.embedded import ensure_home
@@ -263,6 +291,10 @@ def gateway_settings(
         refresh_interval=float(refresh),
         spool_sync=sync,
         remote=remote,
+        store_url=store,
+        api_token=token or None,
+        api_bind=cfg.get("api", "bind") or "127.0.0.1:8026",
+        api_workers=int(cfg.get("api", "workers") or 2),
     )
 
 
@@ -298,9 +330,87 @@ def _log_to_stderr(debug: bool) -> None:
     root.propagate = False
 
 
+def _is_loopback_bind(bind: str) -> bool:
+    import ipaddress
+
+    host = bind.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_api(argv: Sequence[str]) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from mmgate.api import ApiSettings, create_app
+
+    parser = _Parser(prog="mmgate api", description="The admin HTTP API, under gunicorn.")
+    parser.add_argument("--bind", metavar="HOST:PORT", help="default 127.0.0.1:8026")
+    parser.add_argument("--workers", type=int, help="gunicorn workers (default 2)")
+    add_gateway_options(parser)
+    args = parser.parse_args(argv)
+    settings = gateway_settings(args)
+    bind = args.bind or settings.api_bind
+    config.hostport(bind, where="--bind")
+    if not _is_loopback_bind(bind) and not settings.api_token:
+        raise UsageError(
+            f"the API on {bind} would be open to the network: set [api] token "
+            "or MMGATE_API_TOKEN, or bind to a loopback address"
+        )
+    api = ApiSettings.from_gateway(settings)
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        """gunicorn with the app and options given here: no second command line."""
+
+        def load_config(self) -> None:
+            options = {
+                "bind": bind,
+                "workers": args.workers or settings.api_workers,
+                "proc_name": "mmgate-api",
+                "control_socket_disable": True,
+                "graceful_timeout": 10,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return create_app(api)
+
+    _Gunicorn().run()
+    return 0
+
+
+def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
+    """``mmgate serve`` starts the API in its own process (gunicorn) beside SMTP."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "mmgate", "api", "--bind", args.api_bind or settings.api_bind]
+    for flag in (
+        "config",
+        "relay",
+        "relay_networks",
+        "relay_domains",
+        "mailman_config",
+        "var_dir",
+        "mailman_url",
+        "mailman_user",
+        "mailman_lmtp",
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.mailman_config is None and settings.mailman_config is not None:
+        argv += ["--mailman-config", str(settings.mailman_config)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
+
 def run_serve(argv: Sequence[str]) -> int:
     from mmgate.gateway import MailmanProxy
     from mmgate.mailman.backend import MailmanUnavailable
+    from mmgate.store import Store
 
     parser = _Parser(
         prog="mmgate serve", description="The gateway: list mail into Mailman, the rest relayed."
@@ -308,6 +418,15 @@ def run_serve(argv: Sequence[str]) -> int:
     parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8025")
     add_gateway_options(parser)
     parser.add_argument("-d", "--debug", action="store_true", help="debug log lines")
+    parser.add_argument("--no-api", action="store_true", help="do not start the admin API")
+    parser.add_argument(
+        "--api-bind", metavar="HOST:PORT", help="the admin API's address (default 127.0.0.1:8026)"
+    )
+    parser.add_argument(
+        "--no-store",
+        action="store_true",
+        help="keep no counters, journal or pauses (implies --no-api)",
+    )
     args = parser.parse_args(argv)
     settings = gateway_settings(args, listen_flag=args.listen)
     loop_factory()
@@ -316,6 +435,7 @@ def run_serve(argv: Sequence[str]) -> int:
             settings.listen,
             settings.upstream,
             mailman=settings.backend(),
+            store=Store(settings.store_url) if settings.store_url else None,
             relay_policy=settings.policy,
             refresh_interval=settings.refresh_interval,
         )
@@ -335,14 +455,21 @@ def run_serve(argv: Sequence[str]) -> int:
         len(snap.domains),
         f"{settings.upstream[0]}:{settings.upstream[1]}" if settings.upstream else "not configured",
     )
-    loop()
+    api = None
+    if not (args.no_api or args.no_store or settings.store_url is None):
+        api = _api_beside(settings, args)
+    try:
+        loop()
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(30)
     return 0
 
 
 def run_route(argv: Sequence[str]) -> int:
-    from mmgate.gateway import Decision, decide
+    from mmgate.gateway import verdict
     from mmgate.mailman.backend import MailmanUnavailable
-    from mmgate.mailman.routing import classify
 
     parser = _Parser(
         prog="mmgate route", description="What the gateway would do with each address."
@@ -359,22 +486,15 @@ def run_route(argv: Sequence[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     settings = gateway_settings(args)
     try:
-        snap = settings.backend().start()
+        snap = settings.backend().open()
     except MailmanUnavailable as exc:
         raise UsageError(f"Mailman cannot be used: {exc}") from None
-    decisions = []
-    for address in args.addresses:
-        route = classify(address, snap)
-        try:
-            paths.check_mailbox(
-                address, replies.BAD_RECIPIENT_SYNTAX, smtputf8=True, postmaster_ok=True
-            )
-            decision = decide(
-                route, policy=settings.policy, upstream=settings.upstream, client=args.client
-            )
-        except ProtocolError as exc:
-            decision = Decision(route, "reject", exc.reply)
-        decisions.append(decision)
+    decisions = [
+        verdict(
+            address, snap, policy=settings.policy, upstream=settings.upstream, client=args.client
+        )
+        for address in args.addresses
+    ]
     if args.json:
         print(json.dumps([d.as_dict() for d in decisions], indent=2))
     else:
@@ -494,11 +614,18 @@ def run_debug(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve": run_serve, "route": run_route, "debug": run_debug, "smtpd": run_smtpd}
+    commands = {
+        "serve": run_serve,
+        "api": run_api,
+        "route": run_route,
+        "debug": run_debug,
+        "smtpd": run_smtpd,
+    }
     if not argv or argv[0] in ("-h", "--help"):
         print(
             f"usage: mmgate {{{','.join(commands)}}} ...\n\n"
             "  serve    the gateway in front of Mailman (mmgate serve --help)\n"
+            "  api      the admin HTTP API under gunicorn (serve starts it too)\n"
             "  route    what the gateway would do with an address\n"
             "  debug    show every message and its routes; --lab for a list round trip\n"
             "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)"

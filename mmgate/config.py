@@ -29,6 +29,12 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "networks": _STRINGS,
         "domains": _STRINGS,
     },
+    "api": {
+        "store": (str, "an SQLAlchemy URL, or empty for no store"),
+        "token": (str, "the bearer token of the admin API"),
+        "bind": (str, "HOST:PORT"),
+        "workers": (int, "a number of gunicorn workers"),
+    },
     "mailman": {
         "config": (str, "the path of a mailman.cfg"),
         "var_dir": (str, "a directory"),

@@ -13,7 +13,9 @@ docs/gateway.md for every failure order).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,15 @@ from mmgate.mailman.directory import Directory
 from mmgate.mailman.embedded import ensure_home
 from mmgate.mailman.local import LocalMailman
 from mmgate.mailman.remote import DeliveryFailed
-from mmgate.mailman.routing import Route, RouteKind
+from mmgate.mailman.routing import Route, RouteKind, Snapshot, classify
 from mmgate.proxy import PureProxy, RelayChannel, client_ip, wire_form
 from mmgate.relay.policy import RelayPolicy, relay_refusal
 from mmgate.relay.trace import new_id
 from mmgate.server import ProcessResult, current_channel
-from mmgate.smtp import replies
+from mmgate.smtp import paths, replies
+from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.replies import Reply
+from mmgate.store import Recorder, Store
 
 log = logging.getLogger("mmgate.gateway")
 
@@ -89,6 +93,26 @@ def decide(
     return Decision(route, "relay", upstream=upstream)
 
 
+def verdict(
+    address: str,
+    snap: Snapshot,
+    *,
+    policy: RelayPolicy,
+    upstream: tuple[str, int] | None,
+    client: str,
+) -> Decision:
+    """``decide`` for an address given as text (``mmgate route``, the API):
+    a malformed one gets the reply RCPT would give it."""
+    route = classify(address, snap)
+    try:
+        paths.check_mailbox(
+            address, replies.BAD_RECIPIENT_SYNTAX, smtputf8=True, postmaster_ok=True
+        )
+    except ProtocolError as exc:
+        return Decision(route, "reject", exc.reply)
+    return decide(route, policy=policy, upstream=upstream, client=client)
+
+
 class MailmanChannel(RelayChannel):
     """A session whose recipients are routed at RCPT time."""
 
@@ -107,6 +131,22 @@ class MailmanChannel(RelayChannel):
         server = self.smtp_server
         assert isinstance(server, MailmanProxy)
         decision = server.decide(address, client_ip(self))
+        recorder = server.recorder
+        if (
+            decision.action == "list"
+            and recorder is not None
+            and decision.route.list_id in recorder.paused
+        ):
+            decision = Decision(
+                decision.route,
+                "reject",
+                replies.LIST_PAUSED.with_text(
+                    replies.LIST_PAUSED.text.format(decision.route.list_id)
+                ),
+            )
+        if decision.action == "reject" and recorder is not None:
+            assert decision.reply is not None
+            recorder.count(f"recipients_refused:{decision.reply.code}")
         if decision.action == "list":
             self.routes[address] = decision.route
             SMTPChannel.accept_recipient(self, address, options)
@@ -140,6 +180,7 @@ class MailmanProxy(PureProxy):
         remoteaddr: tuple[str, int] | None,
         *args: Any,
         mailman: MailmanBackend | None = None,
+        store: Store | None = None,
         var_dir: str | Path = "var",
         refresh_interval: float = 2.0,
         **kwargs: Any,
@@ -147,6 +188,8 @@ class MailmanProxy(PureProxy):
         if mailman is None:
             mailman = LocalMailman(ensure_home(var_dir, smtp_port=localaddr[1] or 8025))
         self.mailman = mailman
+        self.recorder = Recorder(store) if store is not None else None
+        self._refresh_seen = 0.0
         self.directory = Directory(
             mailman.snapshot, mailman.start(), refresh_interval=refresh_interval
         )
@@ -155,10 +198,31 @@ class MailmanProxy(PureProxy):
     async def start(self) -> None:
         await super().start()
         self.directory.start()
+        if self.recorder is not None:
+            self.recorder.start()
+            self._refresh_seen = self.recorder.refresh_requested
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_refresh())
+
+    async def _watch_refresh(self) -> None:
+        """POST /v1/refresh in the API: re-read Mailman now, not at the next tick."""
+        assert self.recorder is not None
+        while True:
+            await asyncio.sleep(self.recorder.interval)
+            if self.recorder.refresh_requested > self._refresh_seen:
+                self._refresh_seen = self.recorder.refresh_requested
+                await self.directory.refresh()
+
+    def _channel_opened(self, channel: SMTPChannel) -> None:
+        super()._channel_opened(channel)
+        if self.recorder is not None:
+            self.recorder.count("connections")
 
     async def close(self, timeout: float | None = None) -> None:
         await self.directory.stop()
         await super().close(timeout)
+        if self.recorder is not None:
+            self._watcher.cancel()
+            self.recorder.stop()
 
     def decide(self, address: str, client: str) -> Decision:
         return decide(
@@ -211,6 +275,8 @@ class MailmanProxy(PureProxy):
                     reply = replies.LOCAL_ERROR
             else:
                 await self.mailman.discard(staged)
+        if self.recorder is not None:
+            self._record(peer, mailfrom, routes, relayed, message, queue_id, reply, staged)
         log.info(
             "client=%s id=%s from=<%s> %s size=%d outcome=%s",
             peer[0],
@@ -222,3 +288,48 @@ class MailmanProxy(PureProxy):
             reply.code,
         )
         return reply
+
+    def _record(
+        self,
+        peer: Any,
+        mailfrom: str,
+        routes: list[Route],
+        relayed: list[str],
+        message: bytes,
+        queue_id: str,
+        reply: Reply,
+        staged: Staged | None,
+    ) -> None:
+        """Counters and one journal entry for the admin API (never waits)."""
+        recorder = self.recorder
+        assert recorder is not None
+        ok = reply.is_success
+        recorder.count("messages_accepted" if ok else f"messages_refused:{reply.code}")
+        recorder.count("bytes", len(message))
+        if ok:
+            for route in routes:
+                recorder.count(f"injected:{route.queue}")
+            if relayed:
+                recorder.count("relayed")
+        elif relayed and reply.status and reply.status.startswith(("4.4", "5.6")):
+            recorder.count("relay_failures")
+        recorder.record(
+            {
+                "time": time.time(),
+                "client": str(peer[0]),
+                "sender": mailfrom,
+                "size": len(message),
+                "message_id": staged.message_id if staged is not None else None,
+                "queue_id": queue_id,
+                "outcome": reply.code,
+                "reply": str(reply),
+                "lists": " " + " ".join(sorted({str(r.list_id) for r in routes})) + " ",
+                "recipients": [
+                    *(
+                        {"address": r.address, "route": r.describe(), "outcome": reply.code}
+                        for r in routes
+                    ),
+                    *({"address": a, "route": "relay", "outcome": reply.code} for a in relayed),
+                ],
+            }
+        )

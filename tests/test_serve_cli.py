@@ -8,6 +8,8 @@ import smtplib
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,18 @@ def mmgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 
 def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
     port = free_port()
+    api_port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mmgate", "serve", "--listen", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "mmgate",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--api-bind",
+            f"127.0.0.1:{api_port}",
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -40,6 +52,16 @@ def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
             # a fresh embedded Mailman has no domains: everything is "relay",
             # and no upstream is configured
             assert client.rcpt("b@example.org") == (550, b"5.7.1 Relaying is not configured here")
+        # the admin API runs beside it (gunicorn), sharing the store
+        wait_for_port(api_port, proc, "the admin API beside mmgate serve")
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/v1/health") as resp:
+                health = json.load(resp)
+            if health["smtp"]["up"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert health["smtp"]["up"] is True and health["store"]["ok"] is True
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -48,6 +70,8 @@ def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
     assert proc.returncode == 0, err
     assert (tmp_path / "var" / "mailman.cfg").is_file()
     assert "serving on 127.0.0.1:" in err and "(0 lists, 0 domains)" in err
+    with pytest.raises(OSError):  # the API stopped with it
+        socket.create_connection(("127.0.0.1", api_port), timeout=1)
 
 
 def test_route_prints_what_the_gateway_would_do(mailman_env: MailmanEnv):
@@ -145,3 +169,16 @@ def test_smtpd_command_runs_mailmanproxy_on_an_embedded_mailman(tmp_path: Path):
         assert stop(proc)[0] == 0
     refuser.close()
     assert (tmp_path / "var" / "mailman.cfg").is_file()
+
+
+def test_route_leaves_a_running_servers_staged_copies_alone(mailman_env: MailmanEnv):
+    staging = mailman_env.mailman.staging_dir
+    assert staging is not None
+    staged = staging / "in" / "1.0+inflight.pck"
+    staged.write_bytes(b"a copy waiting for its relay")
+    try:
+        done = mmgate("route", "--mailman-config", str(mailman_env.config), "test@example.com")
+        assert done.returncode == 0, done.stderr
+        assert staged.exists()
+    finally:
+        staged.unlink(missing_ok=True)

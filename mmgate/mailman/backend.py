@@ -41,6 +41,9 @@ class MailmanBackend(Protocol):
         """Connect (or initialize) and take the first snapshot, or raise
         :class:`MailmanUnavailable`."""
 
+    def open(self) -> Snapshot:
+        """Like start(), for a reader that injects nothing (no recovery)."""
+
     async def snapshot(self) -> Snapshot: ...
 
     async def stage(

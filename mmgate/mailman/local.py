@@ -66,10 +66,20 @@ class LocalMailman:
 
     # -- start-up --------------------------------------------------------
     def start(self) -> Snapshot:
-        """Initialize Mailman here and take the first snapshot, or raise."""
+        """For the server that injects: initialize Mailman, recover staging
+        (remove copies of transactions a crash left unanswered), snapshot."""
         return self._model.submit(self._start).result()
 
-    def _start(self) -> Snapshot:
+    def open(self) -> Snapshot:
+        """For readers (``mmgate route``, the admin API): initialize and
+        snapshot, leaving the staging directory of a running server alone."""
+        return self._model.submit(self._open).result()
+
+    def _open(self) -> Snapshot:
+        self._initialize()
+        return self._snapshot()
+
+    def _initialize(self) -> None:
         if not os.path.isfile(self.config_path):
             raise MailmanUnavailable(f"{self.config_path}: no such Mailman configuration file")
         with _init_lock:
@@ -88,6 +98,9 @@ class LocalMailman:
                     f"Mailman is already initialized here with {_initialized[0]}; "
                     "one process serves one Mailman"
                 )
+
+    def _start(self) -> Snapshot:
+        self._initialize()
         from mailman.config import config
 
         self.staging_dir = Path(config.QUEUE_DIR) / ".mmgate-staging"

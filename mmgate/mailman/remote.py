@@ -80,6 +80,9 @@ class RemoteMailman:
     def start(self) -> Snapshot:
         return self._snapshot()
 
+    def open(self) -> Snapshot:
+        return self._snapshot()
+
     async def snapshot(self) -> Snapshot:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._snapshot)
 

@@ -115,6 +115,11 @@ BARE_LINE_ENDING = Reply(550, "5.6.0", "Error: bare CR or LF in message text (RF
 MAIL_PARAMS_UNKNOWN = Reply(555, "5.5.4", "MAIL FROM parameters not recognized or not implemented")
 RCPT_PARAMS_UNKNOWN = Reply(555, "5.5.4", "RCPT TO parameters not recognized or not implemented")
 
+# --- the gateway ---------------------------------------------------------------
+#: RFC 3463 X.2.1 "Mailbox disabled, not accepting messages": temporary, so
+#: the mail waits in the sender's queue while the list is paused.
+LIST_PAUSED = Reply(451, "4.2.1", "List {} is paused for maintenance, try again later")
+
 # --- relay (PureProxy path) ---------------------------------------------------
 #: Relaying is a privilege (RFC 5321 3.6.2); X.7.1 "Delivery not authorized".
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
