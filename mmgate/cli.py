@@ -388,17 +388,8 @@ def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
     import subprocess
 
     argv = [sys.executable, "-m", "mmgate", "api", "--bind", args.api_bind or settings.api_bind]
-    for flag in (
-        "config",
-        "relay",
-        "relay_networks",
-        "relay_domains",
-        "mailman_config",
-        "var_dir",
-        "mailman_url",
-        "mailman_user",
-        "mailman_lmtp",
-    ):
+    # what says where Mailman, the store and relay control are; not SMTP-only flags
+    for flag in (f for f in _GATEWAY_FLAGS if f not in ("spool_sync", "no_store")):
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
