@@ -395,7 +395,19 @@ def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
     if args.mailman_config is None and settings.mailman_config is not None:
         argv += ["--mailman-config", str(settings.mailman_config)]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
+    def watch() -> None:  # the API going away must be said, and must not stop mail
+        code = child.wait()
+        if code not in (0, -15):
+            logging.getLogger("mmgate").error(
+                "the admin API exited with status %s (see above); SMTP goes on", code
+            )
+
+    import threading
+
+    threading.Thread(target=watch, name="mmgate-api-watch", daemon=True).start()
+    return child
 
 
 def run_serve(argv: Sequence[str]) -> int:

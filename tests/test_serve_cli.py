@@ -182,3 +182,43 @@ def test_route_leaves_a_running_servers_staged_copies_alone(mailman_env: Mailman
         assert staged.exists()
     finally:
         staged.unlink(missing_ok=True)
+
+
+def test_serve_says_so_when_the_api_cannot_start_and_keeps_serving_mail(tmp_path: Path):
+    port = free_port()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mmgate",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--api-bind",
+            f"127.0.0.1:{taken.getsockname()[1]}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_port(port, proc, "mmgate serve")
+        api = f"mmgate api --bind 127.0.0.1:{taken.getsockname()[1]}"
+        deadline = time.monotonic() + 30  # gunicorn retries its bind, then gives up
+        while subprocess.run(["pgrep", "-f", api], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "the API child did not give up"
+            time.sleep(0.2)
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            assert client.noop()[0] == 250
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        taken.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "the admin API exited with status" in err
