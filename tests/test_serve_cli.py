@@ -25,9 +25,8 @@ def mmgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
     )
 
 
-def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
-    port = free_port()
-    api_port = free_port()
+def start_serve(cwd: Path, port: int, api_port: int) -> subprocess.Popen[str]:
+    """``mmgate serve`` with nothing but its two ports, listening."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -39,13 +38,20 @@ def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
             "--api-bind",
             f"127.0.0.1:{api_port}",
         ],
-        cwd=tmp_path,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    wait_for_port(port, proc, "mmgate serve")
+    return proc
+
+
+def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
+    port = free_port()
+    api_port = free_port()
+    proc = start_serve(tmp_path, port, api_port)
     try:
-        wait_for_port(port, proc, "mmgate serve")
         with smtplib.SMTP("127.0.0.1", port) as client:
             client.ehlo()
             client.mail("a@example.org")
@@ -189,24 +195,8 @@ def test_serve_says_so_when_the_api_cannot_start_and_keeps_serving_mail(tmp_path
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mmgate",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--api-bind",
-            f"127.0.0.1:{taken.getsockname()[1]}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_serve(tmp_path, port, taken.getsockname()[1])
     try:
-        wait_for_port(port, proc, "mmgate serve")
         api = f"mmgate api --bind 127.0.0.1:{taken.getsockname()[1]}"
         deadline = time.monotonic() + 30  # gunicorn retries its bind, then gives up
         while subprocess.run(["pgrep", "-f", api], capture_output=True).returncode == 0:
