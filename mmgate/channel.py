@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, cast
 from mmgate.smtp import paths, replies, state
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.framing import CommandLine, Framer, LineTooLong, MessageData
-from mmgate.smtp.limits import Limits
 from mmgate.smtp.replies import Reply
 from mmgate.smtp.state import Phase, Step
 
@@ -108,13 +107,7 @@ class SMTPChannel(asyncio.Protocol):
         self.peer = addr
         limits = server.limits
         if limits.message_size != (data_size_limit or None):
-            limits = Limits(
-                command_line=limits.command_line,
-                text_line=limits.text_line,
-                message_size=data_size_limit or None,
-                recipients=limits.recipients,
-                lenient_text_lines=limits.lenient_text_lines,
-            )
+            limits = dataclasses.replace(limits, message_size=data_size_limit or None)
         self.limits = limits
         self._framer = Framer(limits, server.bare_lines)
         self._phase = Phase.CONNECTED

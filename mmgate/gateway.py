@@ -155,7 +155,9 @@ class MailmanChannel(RelayChannel):
             log.info("%s: RCPT %s refused: %s", client_ip(self), address, decision.reply)
             self.push(decision.reply)
         else:
-            super().accept_recipient(address, options)
+            # decide() has applied relay control already: straight to the upstream.
+            assert self.relay is not None
+            self.wait_for(self._relay_recipient(self.relay, address, options))
 
     def transaction_ended(self) -> None:
         super().transaction_ended()

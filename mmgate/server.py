@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import inspect
-import ipaddress
 import logging
 import re
 import signal
@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from mmgate import __version__, runtime
 from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
+from mmgate.networks import LOOPBACK, Network, in_networks
 from mmgate.smtp import replies
 from mmgate.smtp.framing import BareLinePolicy, MessageData
 from mmgate.smtp.limits import IDLE_TIMEOUT, Limits
@@ -47,16 +48,6 @@ _REPLY_LINE = re.compile(r"[2-5][0-9][0-9](?:[ -][^\r\n]*)?")
 def _default_fqdn() -> str:
     # socket.getfqdn() may ask DNS; smtpd asked once per channel, we once.
     return socket.getfqdn()
-
-
-def _in_networks(
-    host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> bool:
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
 
 
 def _bind(localaddr: tuple[str, int], backlog: int) -> socket.socket:
@@ -134,10 +125,7 @@ class SMTPServer:
     banner = f"ESMTP mmgate {__version__}"
     #: Clients the per-client connection cap does not apply to, as Postfix
     #: exempts $mynetworks (loopback by default) from its anvil limits.
-    per_client_exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-    )
+    per_client_exempt: tuple[Network, ...] = LOOPBACK
 
     def __init__(
         self,
@@ -167,14 +155,7 @@ class SMTPServer:
         self.data_size_limit = data_size_limit
         self.enable_SMTPUTF8 = enable_SMTPUTF8
         self._decode_data = decode_data
-        base = limits or Limits()
-        self.limits = Limits(
-            command_line=base.command_line,
-            text_line=base.text_line,
-            message_size=data_size_limit or None,
-            recipients=base.recipients,
-            lenient_text_lines=base.lenient_text_lines,
-        )
+        self.limits = dataclasses.replace(limits or Limits(), message_size=data_size_limit or None)
         self.bare_lines = bare_lines
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -275,7 +256,7 @@ class SMTPServer:
             return replies.TOO_MANY_CONNECTIONS
         host = peer[0] if isinstance(peer, tuple) else str(peer)
         cap = self.max_connections_per_client
-        if cap and self._per_client[host] >= cap and not _in_networks(host, self.per_client_exempt):
+        if cap and self._per_client[host] >= cap and not in_networks(host, self.per_client_exempt):
             return replies.TOO_MANY_FROM_HOST
         return None
 

@@ -108,3 +108,12 @@ def test_environment_is_honoured_by_mmgate_smtpd():
             client.mail("a@example.com")
             assert client.rcpt("b@example.org") == (554, b"5.7.1 Relay access denied")
         stop(proc)
+
+
+def test_ipv4_mapped_loopback_counts_as_loopback_for_policy_and_connection_caps():
+    from mmgate.networks import LOOPBACK, in_networks
+
+    assert in_networks("::ffff:127.0.0.1", LOOPBACK)
+    assert RelayPolicy().client_may_relay("::ffff:127.0.0.1")
+    assert not in_networks("::ffff:192.0.2.1", LOOPBACK)
+    assert not in_networks("not-an-ip", LOOPBACK)

@@ -13,7 +13,6 @@ arrives here too and is shown in the same stream.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import mailbox
 import sys
@@ -151,4 +150,3 @@ class DebugServer(MailmanProxy):
         await super().close(timeout)
         if self.mbox is not None:
             self.mbox.close()
-        await asyncio.sleep(0)

@@ -250,10 +250,6 @@ class LocalMailman:
     async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    def close(self) -> None:
-        self._queues.shutdown(wait=True)
-        self._model.shutdown(wait=True)
-
 
 def queue_directory(queue: str) -> Path:
     """Where Mailman's ``queue`` lives (Mailman must be initialized)."""

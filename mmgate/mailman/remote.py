@@ -185,6 +185,3 @@ class RemoteMailman:
         )
         temporary = [r for r in failed if r.is_temporary]
         return temporary[0] if temporary else failed[0]
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)

@@ -13,15 +13,11 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mmgate.networks import LOOPBACK, Network, in_networks
 from mmgate.smtp import replies
 from mmgate.smtp.replies import Reply
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-DEFAULT_NETWORKS: tuple[Network, ...] = (
-    ipaddress.ip_network("127.0.0.0/8"),
-    ipaddress.ip_network("::1/128"),
-)
+DEFAULT_NETWORKS: tuple[Network, ...] = LOOPBACK
 
 
 class RelayConfigError(ValueError):
@@ -66,13 +62,7 @@ class RelayPolicy:
     domains: frozenset[str] = field(default_factory=frozenset)
 
     def client_may_relay(self, client_ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(client_ip.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        return in_networks(client_ip, self.networks)
 
     def domain_is_open(self, recipient: str) -> bool:
         domain = recipient.rpartition("@")[2].lower().rstrip(".")

@@ -121,10 +121,6 @@ class Framer:
         self._error: Reply | None = None
 
     @property
-    def in_data(self) -> bool:
-        return self._mode is not _Mode.COMMAND
-
-    @property
     def buffered(self) -> int:
         """Bytes held now; bounded by the limits whatever the peer sends."""
         return len(self._buf)

@@ -70,7 +70,6 @@ HELP = Reply(250, "2.0.0", "Supported commands: EHLO HELO MAIL RCPT DATA RSET NO
 START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 
 # --- 4xx: temporary, the client retries --------------------------------------
-SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service not available, closing channel")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, closing channel")
 TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
@@ -94,7 +93,6 @@ SYNTAX_MAIL = Reply(501, "5.5.4", "Syntax: MAIL FROM: <address>")
 SYNTAX_MAIL_EXT = Reply(501, "5.5.4", "Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
 SYNTAX_RCPT = Reply(501, "5.5.4", "Syntax: RCPT TO: <address>")
 SYNTAX_RCPT_EXT = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-parameters>]")
-BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Error: bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Error: bad recipient address syntax")
 PATH_TOO_LONG = Reply(501, "5.1.3", "Error: path too long (RFC 5321 4.5.3.1)")
 BAD_BODY = Reply(501, "5.5.4", "Error: BODY can only be one of 7BIT, 8BITMIME")
