@@ -89,6 +89,14 @@ class RelayChannel(SMTPChannel):
         else:
             self.push(reply)
 
+    def smtp_DATA(self, arg: str | None) -> None:
+        # The upstream lost recipients it had accepted: the message cannot
+        # reach all of them, so refuse it now rather than after its text.
+        if not arg and self.relay is not None and self.relay.broken is not None:
+            self.push(self.relay.broken)
+            return
+        super().smtp_DATA(arg)
+
     def transaction_ended(self) -> None:
         if self.relay is not None:
             self.relay.release()

@@ -14,7 +14,7 @@ from mmgate import PureProxy
 from mmgate.relay.policy import RelayPolicy, parse_domains
 from mmgate.relay.upstream import ClientTimeouts
 from tests.harness import RawClient, serving
-from tests.upstream import GreetingRefuser, Upstream, free_port
+from tests.upstream import DroppingUpstream, GreetingRefuser, Upstream, free_port
 
 MESSAGE = b"Subject: relay test\r\n\r\nHello upstream.\r\n"
 
@@ -226,3 +226,51 @@ def test_no_upstream_configured_means_relaying_is_refused():
         c.cmd("EHLO a")
         assert c.cmd("MAIL FROM:<a@example.com>")[0] == 250
         assert c.cmd("RCPT TO:<b@example.org>") == (550, "5.7.1 Relaying is not configured here")
+
+
+RECIPIENTS = ["one@example.org", "two@example.org", "three@example.org"]
+
+
+def _transaction(c: RawClient, body: bytes) -> list[int]:
+    """MAIL, three RCPTs, DATA and the text where DATA allows: the codes."""
+    codes = [c.cmd("MAIL FROM:<a@example.com>")[0]]
+    if codes[0] != 250:
+        return codes
+    codes += [c.cmd(f"RCPT TO:<{r}>")[0] for r in RECIPIENTS]
+    codes.append(c.cmd("DATA")[0])
+    if codes[-1] == 354:
+        codes.append(c.cmd(body + b".")[0])
+    return codes
+
+
+@pytest.mark.parametrize(
+    ("at", "expected", "delivered_to"),
+    [
+        # lost at MAIL: nothing is open yet, the client hears 451 and retries
+        ("mail", [451], None),
+        # lost before any recipient was taken: a new session carries on
+        ("rcpt1", [250, 451, 250, 250, 354, 250], ["two@example.org", "three@example.org"]),
+        # lost after the upstream took recipients: their acceptance died with
+        # the session, so nothing of this transaction may be acknowledged
+        ("rcpt2", [250, 250, 451, 451, 451], None),
+        ("rcpt3", [250, 250, 250, 451, 451], None),
+        ("data", [250, 250, 250, 250, 354, 451], None),
+        ("body", [250, 250, 250, 250, 354, 451], None),
+    ],
+)
+def test_upstream_drop_never_acknowledges_a_recipient_it_did_not_deliver(
+    at: str, expected: list[int], delivered_to: list[str] | None
+):
+    body = MESSAGE + (b"x" * 998 + b"\r\n") * (1024 if at == "body" else 0)
+    with DroppingUpstream(at) as up, proxy(up.address) as (_px, c):
+        assert _transaction(c, body) == expected
+        assert up.dropped
+        if delivered_to is None:
+            assert up.delivered == []
+            c.cmd("RSET")
+            # the client's retry goes through whole, on a fresh session
+            assert _transaction(c, body) == [250, 250, 250, 250, 354, 250]
+            delivered_to = RECIPIENTS
+        ((sender, rcpts, data),) = up.delivered
+        assert sender == "a@example.com" and rcpts == delivered_to
+        assert data.endswith(body.replace(b"\r\n.", b"\r\n..") + b".\r\n")

@@ -163,3 +163,89 @@ class GreetingRefuser:
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+class DroppingUpstream:
+    """An upstream that closes the connection at one chosen point, once.
+
+    ``at`` is ``"mail"``, ``"rcpt2"`` (the second RCPT; any ``rcptN``),
+    ``"data"`` (the DATA command) or ``"body"`` (after 354, once some of the
+    message has arrived). Later sessions behave, and every message they take
+    is kept in ``delivered`` as (sender, recipients, data), so a test can see
+    exactly who got what.
+    """
+
+    def __init__(self, at: str) -> None:
+        self.at = at
+        self.port = free_port()
+        self.dropped = False
+        self.delivered: list[tuple[str, list[str], bytes]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def _drop_now(self, point: str) -> bool:
+        if not self.dropped and point == self.at:
+            self.dropped = True
+            return True
+        return False
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 dropper ESMTP\r\n")
+        sender, rcpts = "", []
+        try:
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    writer.write(b"250-dropper\r\n250 8BITMIME\r\n")
+                elif verb == b"MAIL":
+                    if self._drop_now("mail"):
+                        break
+                    sender, rcpts = line[10:].strip().decode().strip("<>"), []
+                    writer.write(b"250 2.1.0 OK\r\n")
+                elif verb == b"RCPT":
+                    if self._drop_now(f"rcpt{len(rcpts) + 1}"):
+                        break
+                    rcpts.append(line[8:].strip().decode().strip("<>"))
+                    writer.write(b"250 2.1.5 OK\r\n")
+                elif verb == b"DATA":
+                    if self._drop_now("data"):
+                        break
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    data = b""
+                    while not data.endswith(b"\r\n.\r\n"):
+                        chunk = await reader.read(65536)
+                        if not chunk:
+                            return
+                        data += chunk
+                        if self._drop_now("body"):
+                            writer.close()
+                            return
+                    self.delivered.append((sender, rcpts, data))
+                    writer.write(b"250 2.0.0 taken\r\n")
+                elif verb == b"RSET":
+                    sender, rcpts = "", []
+                    writer.write(b"250 2.0.0 OK\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 2.0.0 Bye\r\n")
+                    break
+                else:
+                    writer.write(b"250 2.0.0 OK\r\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def __enter__(self) -> DroppingUpstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._session, "127.0.0.1", self.port), self._loop
+        ).result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

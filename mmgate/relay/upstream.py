@@ -172,6 +172,11 @@ class RelayTransaction:
         self.recipients: list[str] = []
         self._conn: Connection | None = None
         self._refused: Reply | None = None  # the upstream's verdict on MAIL
+        #: Set when the session was lost after the upstream had accepted a
+        #: recipient: that acceptance died with the session, so nothing more
+        #: of this transaction may be acknowledged (every later RCPT and the
+        #: DATA get this 4xx; the client retries the whole message).
+        self.broken: Reply | None = None
 
     @property
     def is_open(self) -> bool:
@@ -181,6 +186,8 @@ class RelayTransaction:
         """Send MAIL upstream if not done yet: ``None``, or the client's reply."""
         if self._conn is not None:
             return None
+        if self.broken is not None:
+            return self.broken
         if self._refused is not None:
             return self._refused
         for attempt in (1, 2):
@@ -250,7 +257,7 @@ class RelayTransaction:
         except (*_TIMEOUT, aiosmtplib.SMTPException, *_LOST) as exc:
             return self._broken(exc, "RCPT")
         if response.code == 421:
-            self._drop()
+            self._drop(replies.UPSTREAM_LOST)
             return replies.UPSTREAM_LOST
         if response.code in (250, 251):
             self.recipients.append(address)
@@ -259,6 +266,8 @@ class RelayTransaction:
 
     async def data(self, message: bytes) -> Reply:
         """Send the message (CRLF lines); the reply is the upstream's."""
+        if self.broken is not None:
+            return self.broken
         conn = self._conn
         if conn is None or not self.recipients:
             return replies.NEED_RCPT
@@ -280,16 +289,22 @@ class RelayTransaction:
 
     def _broken(self, exc: BaseException, command: str) -> Reply:
         """The session failed at ``command``: drop it; 451 so the client retries."""
-        self._drop()
         if isinstance(exc, _TIMEOUT):
-            return replies.UPSTREAM_TIMEOUT
-        log.warning("upstream %s: lost at %s: %s", self.pool.address, command, exc)
-        return replies.UPSTREAM_LOST
+            reply = replies.UPSTREAM_TIMEOUT
+        else:
+            log.warning("upstream %s: lost at %s: %s", self.pool.address, command, exc)
+            reply = replies.UPSTREAM_LOST
+        self._drop(reply)
+        return reply
 
-    def _drop(self) -> None:
+    def _drop(self, reply: Reply) -> None:
+        """Forget a failed session. Recipients the upstream had accepted on it
+        are gone with it, so the transaction is broken from here on."""
         if self._conn is not None:
             self.pool.release(self._conn, reusable=False)
             self._conn = None
+        if self.recipients:
+            self.broken = reply
 
     def release(self) -> None:
         """End the upstream side; the session goes back to the pool."""
