@@ -2,14 +2,35 @@
 
 ``from mmgate import SMTPServer, SMTPChannel, DebuggingServer, loop`` is the
 one-line change that moves smtpd code onto mmgate.
+
+The names are loaded on first use (PEP 562), so importing a part of the
+package (the sans-I/O core ``mmgate.smtp``, the admin API) does not load the
+asyncio server, and ``MailmanProxy`` (which loads Mailman, a third of a
+second) is loaded only when asked for.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from mmgate.channel import SMTPChannel
-from mmgate.debugging import DebuggingServer
-from mmgate.proxy import PureProxy
-from mmgate.server import SMTPServer, loop
+import importlib
+from typing import TYPE_CHECKING
+
+from mmgate._version import __version__
+
+if TYPE_CHECKING:
+    from mmgate.channel import SMTPChannel
+    from mmgate.debugging import DebuggingServer
+    from mmgate.gateway import MailmanProxy
+    from mmgate.proxy import PureProxy
+    from mmgate.server import SMTPServer, loop
+
+_WHERE = {
+    "DebuggingServer": "mmgate.debugging",
+    "MailmanProxy": "mmgate.gateway",
+    "PureProxy": "mmgate.proxy",
+    "SMTPChannel": "mmgate.channel",
+    "SMTPServer": "mmgate.server",
+    "loop": "mmgate.server",
+}
 
 __all__ = [
     "DebuggingServer",
@@ -23,9 +44,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # MailmanProxy imports Mailman (a third of a second): only when asked for.
-    if name == "MailmanProxy":
-        from mmgate.gateway import MailmanProxy
-
-        return MailmanProxy
-    raise AttributeError(f"module 'mmgate' has no attribute {name!r}")
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmgate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -168,12 +168,15 @@ class SMTPChannel(asyncio.Protocol):
     # -- output ----------------------------------------------------------
     def push(self, msg: str | Reply) -> None:
         """Queue one reply; a batch's replies leave together (RFC 2920)."""
-        text = str(msg)
-        if text[:1] == "5":
+        if isinstance(msg, Reply):
+            first, wire = str(msg.code)[0], msg.to_bytes()
+        else:
+            first, wire = msg[:1], replies.encode_text(msg)
+        if first == "5":
             self._errors += 1
-        elif text[:1] == "2":
+        elif first == "2":
             self._errors = 0
-        self._out.append(text.encode("utf-8", "surrogateescape") + b"\r\n")
+        self._out.append(wire)
         if not self._batching:
             self._flush()
 

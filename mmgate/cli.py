@@ -12,21 +12,18 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from mmgate import __version__, config
+from mmgate import config
+from mmgate._version import __version__
 from mmgate.debugging import DebuggingServer
 from mmgate.proxy import PureProxy
-from mmgate.relay.policy import RelayPolicy
 from mmgate.runtime import LoopChoiceError, loop_factory
 from mmgate.server import SMTPServer, loop
-
-if TYPE_CHECKING:
-    from mmgate.mailman.backend import MailmanBackend
-    from mmgate.mailman.remote import RemoteMailman
+from mmgate.settings import FLAGS as SETTINGS_FLAGS
+from mmgate.settings import GatewaySettings
+from mmgate.settings import load as load_settings
 
 _BUILTIN_CLASSES = ("DebuggingServer", "PureProxy", "MailmanProxy")
 
@@ -204,122 +201,6 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
-    listen: tuple[str, int]
-    upstream: tuple[str, int] | None
-    policy: RelayPolicy
-    mailman_config: Path | None
-    refresh_interval: float
-    spool_sync: str
-    remote: RemoteMailman | None = None
-    store_url: str | None = None
-    api_token: str | None = None
-    api_bind: str = "127.0.0.1:8026"
-    api_workers: int = 2
-
-    def backend(self) -> MailmanBackend:
-        """The Mailman to use: remote when a URL was given, else on this host."""
-        from mmgate.mailman.local import LocalMailman
-
-        if self.remote is not None:
-            return self.remote
-        assert self.mailman_config is not None
-        return LocalMailman(self.mailman_config, spool_sync=self.spool_sync)
-
-    def describe(self) -> str:
-        if self.remote is not None:
-            return f"{self.remote.url} (LMTP {self.remote.lmtp[0]}:{self.remote.lmtp[1]})"
-        return str(self.mailman_config)
-
-
-#: The flags gateway_settings reads; a plain mapping may give any of them.
-_GATEWAY_FLAGS = (
-    "config",
-    "relay",
-    "relay_networks",
-    "relay_domains",
-    "mailman_config",
-    "var_dir",
-    "mailman_url",
-    "mailman_user",
-    "mailman_lmtp",
-    "spool_sync",
-    "no_store",
-)
-
-
-def gateway_settings(
-    args: argparse.Namespace | Mapping[str, Any], *, listen_flag: str | None = None
-) -> GatewaySettings:
-    if isinstance(args, Mapping):
-        args = argparse.Namespace(**{**dict.fromkeys(_GATEWAY_FLAGS), **args})
-    cfg = config.read_config(args.config)
-    listen, where = config.pick(cfg, "smtp", "listen", listen_flag, "--listen", "127.0.0.1:8025")
-    upstream, up_where = config.pick(cfg, "relay", "upstream", args.relay, "--relay", None)
-    mailman_cfg, _ = config.pick(
-        cfg, "mailman", "config", args.mailman_config, "--mailman-config", None
-    )
-    var_dir, _ = config.pick(cfg, "mailman", "var_dir", args.var_dir, "--var-dir", "var")
-    refresh, _ = config.pick(cfg, "mailman", "refresh_interval", None, "", 2.0)
-    sync, sync_where = config.pick(
-        cfg, "mailman", "spool_sync", args.spool_sync, "--spool-sync", "batch"
-    )
-    if sync not in ("batch", "file"):
-        raise config.ConfigError(f'{sync_where}: must be "batch" or "file", not {sync!r}')
-    address = config.hostport(listen, where=where)
-    store, _ = config.pick(cfg, "api", "store", None, "", None)
-    if store is None:
-        store = f"sqlite:///{Path(var_dir).resolve() / 'mmgate.db'}"
-    if getattr(args, "no_store", None) or store == "":
-        store = None
-    elif store.startswith("sqlite:///"):
-        Path(store[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    token = os.environ.get("MMGATE_API_TOKEN") or cfg.get("api", "token")
-    remote = remote_mailman(cfg, args)
-    if mailman_cfg is None and remote is None:
-        from mmgate.mailman.embedded import ensure_home
-
-        mailman_cfg = ensure_home(var_dir, smtp_port=address[1] or 8025)
-    return GatewaySettings(
-        listen=address,
-        upstream=config.hostport(upstream, where=up_where) if upstream else None,
-        policy=config.relay_policy(
-            cfg, os.environ, networks=args.relay_networks, domains=args.relay_domains
-        ),
-        mailman_config=Path(mailman_cfg) if mailman_cfg else None,
-        refresh_interval=float(refresh),
-        spool_sync=sync,
-        remote=remote,
-        store_url=store,
-        api_token=token or None,
-        api_bind=cfg.get("api", "bind") or "127.0.0.1:8026",
-        api_workers=int(cfg.get("api", "workers") or 2),
-    )
-
-
-def remote_mailman(cfg: config.ConfigFile, args: argparse.Namespace) -> RemoteMailman | None:
-    url, _ = config.pick(cfg, "mailman", "url", args.mailman_url, "--mailman-url", None)
-    if url is None:
-        return None
-    from mmgate.mailman.remote import RemoteMailman
-
-    lmtp, lmtp_where = config.pick(
-        cfg, "mailman", "lmtp", args.mailman_lmtp, "--mailman-lmtp", None
-    )
-    if lmtp is None:
-        raise UsageError("--mailman-url needs --mailman-lmtp HOST:PORT (or [mailman] lmtp)")
-    user, _ = config.pick(cfg, "mailman", "user", args.mailman_user, "--mailman-user", "restadmin")
-    password = os.environ.get("MMGATE_MAILMAN_PASSWORD") or cfg.get("mailman", "password")
-    if not password:
-        raise UsageError(
-            "--mailman-url needs a password: MMGATE_MAILMAN_PASSWORD or [mailman] password"
-        )
-    return RemoteMailman(
-        url, user=user, password=password, lmtp=config.hostport(lmtp, where=lmtp_where)
-    )
-
-
 def _log_to_stderr(debug: bool) -> None:
     """mmgate's own log lines on stderr (Mailman keeps its loggers to itself)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -352,7 +233,8 @@ def run_api(argv: Sequence[str]) -> int:
     parser.add_argument("--workers", type=int, help="gunicorn workers (default 2)")
     add_gateway_options(parser)
     args = parser.parse_args(argv)
-    settings = gateway_settings(args)
+    settings = load_settings(args)
+    settings.prepare(mailman=False)
     bind = args.bind or settings.api_bind
     config.hostport(bind, where="--bind")
     if not _is_loopback_bind(bind) and not settings.api_token:
@@ -389,12 +271,12 @@ def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
 
     argv = [sys.executable, "-m", "mmgate", "api", "--bind", args.api_bind or settings.api_bind]
     # what says where Mailman, the store and relay control are; not SMTP-only flags
-    for flag in (f for f in _GATEWAY_FLAGS if f not in ("spool_sync", "no_store")):
+    for flag in (f for f in SETTINGS_FLAGS if f not in ("spool_sync", "no_store")):
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
-    if args.mailman_config is None and settings.mailman_config is not None:
-        argv += ["--mailman-config", str(settings.mailman_config)]
+    if args.mailman_config is None and settings.remote is None:
+        argv += ["--mailman-config", str(settings.mailman_config_path)]
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
 
     def watch() -> None:  # the API going away must be said, and must not stop mail
@@ -431,8 +313,9 @@ def run_serve(argv: Sequence[str]) -> int:
         help="keep no counters, journal or pauses (implies --no-api)",
     )
     args = parser.parse_args(argv)
-    settings = gateway_settings(args, listen_flag=args.listen)
+    settings = load_settings(args, listen_flag=args.listen)
     loop_factory()
+    settings.prepare()
     try:
         server = MailmanProxy(
             settings.listen,
@@ -441,6 +324,7 @@ def run_serve(argv: Sequence[str]) -> int:
             store=Store(settings.store_url) if settings.store_url else None,
             relay_policy=settings.policy,
             refresh_interval=settings.refresh_interval,
+            stale_after=settings.stale_after,
         )
     except MailmanUnavailable as exc:
         raise UsageError(f"Mailman cannot be used: {exc}") from None
@@ -449,7 +333,7 @@ def run_serve(argv: Sequence[str]) -> int:
             f"cannot listen on {settings.listen[0]}:{settings.listen[1]}: {exc.strerror or exc}"
         ) from None
     _log_to_stderr(args.debug)
-    snap = server.directory.snapshot
+    snap = server.router.snapshot
     logging.getLogger("mmgate").info(
         "serving on %s:%d; Mailman %s (%d lists, %d domains); relay %s",
         *server.address,
@@ -471,8 +355,11 @@ def run_serve(argv: Sequence[str]) -> int:
 
 
 def run_route(argv: Sequence[str]) -> int:
-    from mmgate.gateway import verdict
+    from sqlalchemy.exc import SQLAlchemyError
+
     from mmgate.mailman.backend import MailmanUnavailable
+    from mmgate.router import Router
+    from mmgate.store import PausedLists
 
     parser = _Parser(
         prog="mmgate route", description="What the gateway would do with each address."
@@ -487,17 +374,22 @@ def run_route(argv: Sequence[str]) -> int:
     )
     add_gateway_options(parser)
     args = parser.parse_intermixed_args(argv)
-    settings = gateway_settings(args)
+    settings = load_settings(args)
     try:
         snap = settings.backend().open()
     except MailmanUnavailable as exc:
         raise UsageError(f"Mailman cannot be used: {exc}") from None
-    decisions = [
-        verdict(
-            address, snap, policy=settings.policy, upstream=settings.upstream, client=args.client
-        )
-        for address in args.addresses
-    ]
+    router = Router(
+        snap,
+        settings.policy,
+        settings.upstream,
+        paused=PausedLists(settings.store_url),
+        stale_after=settings.stale_after,
+    )
+    try:
+        decisions = [router.verdict(address, client=args.client) for address in args.addresses]
+    except SQLAlchemyError as exc:
+        raise UsageError(f"the store {settings.store_url} cannot be read: {exc}") from None
     if args.json:
         print(json.dumps([d.as_dict() for d in decisions], indent=2))
     else:
@@ -512,6 +404,7 @@ def run_debug(argv: Sequence[str]) -> int:
     from mmgate.debug.server import DebugServer
     from mmgate.mailman.backend import MailmanUnavailable
     from mmgate.mailman.local import LocalMailman
+    from mmgate.store import PausedLists
 
     parser = _Parser(
         prog="mmgate debug", description="Show every message and what Mailman would do with it."
@@ -566,7 +459,9 @@ def run_debug(argv: Sequence[str]) -> int:
             lab = Lab(args.var_dir, args.list, args.member, args.owner)
             listen = config.hostport(args.listen or "127.0.0.1:8025", where="--listen")
             args.mailman_config = str(lab.home(listen[1]))
-        settings = gateway_settings(args, listen_flag=args.listen)
+        settings = load_settings(args, listen_flag=args.listen)
+        if lab is None:
+            settings.prepare(mailman=False)
         backend = settings.backend()
         if lab is not None:
             assert isinstance(backend, LocalMailman)
@@ -577,7 +472,9 @@ def run_debug(argv: Sequence[str]) -> int:
             settings.upstream,
             mailman=backend,
             relay_policy=settings.policy,
-            refresh_interval=1.0 if lab else 2.0,
+            refresh_interval=1.0 if lab else settings.refresh_interval,
+            stale_after=settings.stale_after,
+            paused=PausedLists(None if lab else settings.store_url),
             lab=lab is not None,
             output_format=args.format,
             full=args.full,
@@ -598,7 +495,7 @@ def run_debug(argv: Sequence[str]) -> int:
             f"cannot listen on {args.listen or '127.0.0.1:8025'}: {exc.strerror or exc}"
         ) from None
     _log_to_stderr(False)
-    snap = server.directory.snapshot
+    snap = server.router.snapshot
     what = (
         f"lab in {lab.var} with Mailman's runners: lists {', '.join(lab.lists) or 'none'}, "
         f"members {', '.join(lab.members) or 'none'}"

@@ -20,6 +20,10 @@ from mmgate.relay.policy import (
     parse_networks,
 )
 
+#: How old a Mailman snapshot may grow (Mailman unreadable) before the
+#: router turns list-domain verdicts temporary (451 4.3.0).
+STALE_AFTER = 60.0
+
 _STRINGS = (list, "a list of strings")
 #: Every key the file may hold: section -> key -> (type, what it must be).
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
@@ -39,6 +43,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "config": (str, "the path of a mailman.cfg"),
         "var_dir": (str, "a directory"),
         "refresh_interval": ((int, float), "a number of seconds"),
+        "stale_after": ((int, float), "a number of seconds"),
         "spool_sync": (str, '"batch" or "file"'),
         "url": (str, "the URL of a Mailman REST API"),
         "user": (str, "a REST user name"),

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any
 
 from mmgate.channel import SMTPChannel
+from mmgate.config import STALE_AFTER
 from mmgate.mailman.backend import MailmanBackend, Staged
 from mmgate.mailman.directory import Directory
 from mmgate.mailman.embedded import ensure_home
@@ -28,89 +29,14 @@ from mmgate.mailman.local import LocalMailman
 from mmgate.mailman.remote import DeliveryFailed
 from mmgate.mailman.routing import Route, RouteKind, Snapshot, classify
 from mmgate.proxy import PureProxy, RelayChannel, client_ip, wire_form
-from mmgate.relay.policy import RelayPolicy, relay_refusal
 from mmgate.relay.trace import new_id
+from mmgate.router import Action, Router
 from mmgate.server import ProcessResult, current_channel
-from mmgate.smtp import paths, replies
-from mmgate.smtp.errors import ProtocolError
+from mmgate.smtp import replies
 from mmgate.smtp.replies import Reply
 from mmgate.store import Recorder, Store
 
 log = logging.getLogger("mmgate.gateway")
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the gateway does with one recipient: the answer of ``mmgate route``."""
-
-    route: Route
-    action: str  #: "list", "relay" or "reject"
-    reply: Reply | None = None  #: the refusal, for "reject"
-    upstream: tuple[str, int] | None = None  #: for "relay"
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"address": self.route.address, "action": self.action}
-        if self.action == "list":
-            out.update(
-                list_id=self.route.list_id,
-                listname=self.route.listname,
-                subaddress=self.route.subaddress,
-                queue=self.route.queue,
-            )
-        elif self.action == "relay" and self.upstream is not None:
-            out["upstream"] = f"{self.upstream[0]}:{self.upstream[1]}"
-        if self.reply is not None:
-            out["reply"] = {
-                "code": self.reply.code,
-                "status": self.reply.status,
-                "text": self.reply.text,
-            }
-        return out
-
-    def describe(self) -> str:
-        if self.action == "list":
-            what = f"subaddress {self.route.subaddress}" if self.route.subaddress else "posting"
-            return f"list {self.route.list_id}, {what}, queue {self.route.queue}"
-        if self.action == "relay" and self.upstream is not None:
-            return f"relay to {self.upstream[0]}:{self.upstream[1]}"
-        return f"reject {self.reply}"
-
-
-def decide(
-    route: Route, *, policy: RelayPolicy, upstream: tuple[str, int] | None, client: str
-) -> Decision:
-    """The verdict on one recipient; the channel, ``mmgate route`` and the
-    admin API all ask this, so they cannot disagree."""
-    if route.kind is RouteKind.LIST:
-        return Decision(route, "list")
-    if route.kind is RouteKind.REJECT:
-        return Decision(route, "reject", route.reply)
-    refusal = relay_refusal(
-        policy, upstream=upstream is not None, client=client, recipient=route.address
-    )
-    if refusal is not None:
-        return Decision(route, "reject", refusal)
-    return Decision(route, "relay", upstream=upstream)
-
-
-def verdict(
-    address: str,
-    snap: Snapshot,
-    *,
-    policy: RelayPolicy,
-    upstream: tuple[str, int] | None,
-    client: str,
-) -> Decision:
-    """``decide`` for an address given as text (``mmgate route``, the API):
-    a malformed one gets the reply RCPT would give it."""
-    route = classify(address, snap)
-    try:
-        paths.check_mailbox(
-            address, replies.BAD_RECIPIENT_SYNTAX, smtputf8=True, postmaster_ok=True
-        )
-    except ProtocolError as exc:
-        return Decision(route, "reject", exc.reply)
-    return decide(route, policy=policy, upstream=upstream, client=client)
 
 
 class MailmanChannel(RelayChannel):
@@ -130,30 +56,15 @@ class MailmanChannel(RelayChannel):
     def accept_recipient(self, address: str, options: list[str]) -> None:
         server = self.smtp_server
         assert isinstance(server, MailmanProxy)
-        decision = server.decide(address, client_ip(self))
-        recorder = server.recorder
-        if (
-            decision.action == "list"
-            and recorder is not None
-            and decision.route.list_id in recorder.paused
-        ):
-            decision = Decision(
-                decision.route,
-                "reject",
-                replies.LIST_PAUSED.with_text(
-                    replies.LIST_PAUSED.text.format(decision.route.list_id)
-                ),
-            )
-        if decision.action == "reject" and recorder is not None:
-            assert decision.reply is not None
-            recorder.count(f"recipients_refused:{decision.reply.code}")
-        if decision.action == "list":
-            self.routes[address] = decision.route
-            SMTPChannel.accept_recipient(self, address, options)
-        elif decision.action == "reject":
-            assert decision.reply is not None
+        decision = server.router.decide(address, client=client_ip(self))
+        if decision.reply is not None:
+            if server.recorder is not None:
+                server.recorder.count(f"recipients_refused:{decision.reply.code}")
             log.info("%s: RCPT %s refused: %s", client_ip(self), address, decision.reply)
             self.push(decision.reply)
+        elif decision.action is Action.LIST:
+            self.routes[address] = decision.route
+            SMTPChannel.accept_recipient(self, address, options)
         else:
             # decide() has applied relay control already: straight to the upstream.
             assert self.relay is not None
@@ -185,6 +96,8 @@ class MailmanProxy(PureProxy):
         store: Store | None = None,
         var_dir: str | Path = "var",
         refresh_interval: float = 2.0,
+        stale_after: float = STALE_AFTER,
+        paused: Callable[[], Container[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         if mailman is None:
@@ -192,10 +105,22 @@ class MailmanProxy(PureProxy):
         self.mailman = mailman
         self.recorder = Recorder(store) if store is not None else None
         self._refresh_seen = 0.0
+        self._watcher: asyncio.Task[None] | None = None
+        recorder = self.recorder
+        self.router = Router(
+            mailman.start(),
+            upstream=remoteaddr,
+            paused=paused or ((lambda: recorder.paused) if recorder is not None else lambda: ()),
+            stale_after=stale_after,
+        )
         self.directory = Directory(
-            mailman.snapshot, mailman.start(), refresh_interval=refresh_interval
+            mailman.snapshot, self._publish, refresh_interval=refresh_interval
         )
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
+        self.router.policy = self.relay_policy
+
+    def _publish(self, snapshot: Snapshot) -> None:
+        self.router.snapshot = snapshot
 
     async def start(self) -> None:
         await super().start()
@@ -222,21 +147,15 @@ class MailmanProxy(PureProxy):
     async def close(self, timeout: float | None = None) -> None:
         await self.directory.stop()
         await super().close(timeout)
-        if self.recorder is not None:
+        if self._watcher is not None:
             self._watcher.cancel()
+            self._watcher = None
+        if self.recorder is not None:
             self.recorder.stop()
-
-    def decide(self, address: str, client: str) -> Decision:
-        return decide(
-            self.directory.classify(address),
-            policy=self.relay_policy,
-            upstream=self._remoteaddr,
-            client=client,
-        )
 
     def routes_for(self, channel: SMTPChannel | None, rcpttos: list[str]) -> list[Route]:
         known = getattr(channel, "routes", {})
-        routes = [known.get(r) or self.directory.classify(r) for r in rcpttos]
+        routes = [known.get(r) or classify(r, self.router.snapshot) for r in rcpttos]
         return [r for r in routes if r.kind is RouteKind.LIST]
 
     async def process_message(
@@ -254,7 +173,7 @@ class MailmanProxy(PureProxy):
         reply: Reply = replies.MESSAGE_ACCEPTED.with_text(f"OK queued as {queue_id}")
         if routes:
             outcome = await self.mailman.stage(
-                message, mailfrom, routes, self.directory.snapshot, direct=not relayed
+                message, mailfrom, routes, self.router.snapshot, direct=not relayed
             )
             if isinstance(outcome, Reply):
                 reply = outcome

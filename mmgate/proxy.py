@@ -14,11 +14,11 @@ import logging
 from typing import Any
 
 from mmgate.channel import SMTPChannel
+from mmgate.relay import replies as relay_replies
 from mmgate.relay.policy import RelayPolicy, relay_refusal
 from mmgate.relay.trace import insert_x_peer, new_id, protocol_keyword, received_header
 from mmgate.relay.upstream import ClientTimeouts, RelayTransaction, UpstreamPool
 from mmgate.server import ProcessResult, SMTPServer, current_channel
-from mmgate.smtp import replies
 from mmgate.smtp.replies import Reply
 
 log = logging.getLogger("mmgate.relay")
@@ -76,7 +76,7 @@ class RelayChannel(SMTPChannel):
         )
         if refusal is not None or self.relay is None:
             log.info("%s: relay to %s refused: %s", client_ip(self), address, refusal)
-            self.push(refusal or replies.RELAY_NOT_CONFIGURED)
+            self.push(refusal or relay_replies.RELAY_NOT_CONFIGURED)
             return
         self.wait_for(self._relay_recipient(self.relay, address, options))
 
@@ -173,7 +173,7 @@ class PureProxy(SMTPServer):
                 smtputf8="SMTPUTF8" in (kwargs.get("mail_options") or []),
             )
             if relay is None:
-                return replies.RELAY_NOT_CONFIGURED
+                return relay_replies.RELAY_NOT_CONFIGURED
             for rcpt in rcpttos:
                 verdict = await relay.rcpt(rcpt)
                 if not verdict.is_success:

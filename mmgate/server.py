@@ -22,7 +22,8 @@ from collections import Counter
 from collections.abc import Awaitable
 from typing import Any, cast
 
-from mmgate import __version__, runtime
+from mmgate import runtime
+from mmgate._version import __version__
 from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
 from mmgate.networks import LOOPBACK, Network, in_networks
 from mmgate.smtp import replies

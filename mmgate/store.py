@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -312,3 +313,35 @@ class Recorder:
         if self.healthy:
             log.error("store %s unavailable, mail goes on: %s", self.store.url, exc)
         self.healthy = False
+
+
+class PausedLists:
+    """The lists paused in the store, for readers that keep no Recorder
+    (``mmgate route``, ``mmgate debug``, the admin API's ``/v1/route``).
+
+    Called as the router's ``paused``; the store is read at most every
+    ``ttl`` seconds. A SQLite store that does not exist yet has no pauses
+    and is not created by asking.
+    """
+
+    def __init__(self, url: str | None, *, ttl: float = 1.0) -> None:
+        self.url = url
+        self.ttl = ttl
+        self._store: Store | None = None
+        self._value: frozenset[str] = frozenset()
+        self._read_at = float("-inf")
+
+    def __call__(self) -> frozenset[str]:
+        if self.url is None:
+            return frozenset()
+        now = time.monotonic()
+        if now - self._read_at >= self.ttl:
+            if self._store is None:
+                if self.url.startswith("sqlite:///") and not os.path.exists(
+                    self.url[len("sqlite:///") :]
+                ):
+                    return frozenset()
+                self._store = Store(self.url)
+            self._value = frozenset(self._store.paused())
+            self._read_at = now
+        return self._value

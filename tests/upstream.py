@@ -6,6 +6,7 @@ answers by the address it is given:
 
 * sender ``mail-CODE@...``      -> MAIL gets CODE
 * recipient ``rcpt-CODE@...``   -> RCPT gets CODE
+* recipient ``multi@...``       -> RCPT gets a three-line 550
 * recipient ``slow@...``        -> RCPT answers after ``slow_seconds``
 * recipient ``drop@...``        -> the connection is closed at the end of DATA
 * a message with ``X-Upstream-Reply: CODE`` -> DATA gets CODE
@@ -75,6 +76,8 @@ class ScriptedHandler:
         if m:
             code = int(m.group(1))
             return f"{code} {_TEXT[code]}"
+        if address.startswith("multi@"):
+            return "550-5.1.1 line one\r\n550-5.1.1 line two\r\n550 5.1.1 line three"
         if address.startswith("slow@"):
             await asyncio.sleep(self.slow_seconds)
         envelope.rcpt_tos.append(address)

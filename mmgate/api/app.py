@@ -13,13 +13,14 @@ from typing import Any
 import falcon
 from mailman.runners.lmtp import SUBADDRESS_NAMES, SUBADDRESS_QUEUES
 
-from mmgate import config
+from mmgate import config, settings
 from mmgate.api.openapi import spec
-from mmgate.gateway import verdict
+from mmgate.config import STALE_AFTER
 from mmgate.mailman.backend import MailmanBackend
 from mmgate.mailman.routing import Snapshot
 from mmgate.relay.policy import RelayPolicy
-from mmgate.store import Store
+from mmgate.router import Router
+from mmgate.store import PausedLists, Store
 
 
 @dataclass
@@ -29,29 +30,33 @@ class ApiSettings:
     token: str | None = None
     policy: RelayPolicy = field(default_factory=RelayPolicy)
     upstream: tuple[str, int] | None = None
+    stale_after: float = STALE_AFTER
     #: seconds a Mailman snapshot is reused before it is read again
     snapshot_ttl: float = 2.0
 
     @classmethod
     def from_environment(cls) -> ApiSettings:
         """What ``gunicorn 'mmgate.api:create_app()'`` runs with."""
-        from mmgate.cli import gateway_settings
-
-        settings = gateway_settings(
-            {"config": os.environ.get("MMGATE_CONFIG"), "var_dir": os.environ.get("MMGATE_VAR_DIR")}
+        return cls.from_gateway(
+            settings.load(
+                {
+                    "config": os.environ.get("MMGATE_CONFIG"),
+                    "var_dir": os.environ.get("MMGATE_VAR_DIR"),
+                }
+            )
         )
-        return cls.from_gateway(settings)
 
     @classmethod
-    def from_gateway(cls, settings: Any) -> ApiSettings:
-        if settings.store_url is None:
+    def from_gateway(cls, gateway: settings.GatewaySettings) -> ApiSettings:
+        if gateway.store_url is None:
             raise config.ConfigError("the admin API needs the store ([api] store is empty)")
         return cls(
-            store_url=settings.store_url,
-            backend=settings.backend(),
-            token=settings.api_token,
-            policy=settings.policy,
-            upstream=settings.upstream,
+            store_url=gateway.store_url,
+            backend=gateway.backend(),
+            token=gateway.api_token,
+            policy=gateway.policy,
+            upstream=gateway.upstream,
+            stale_after=gateway.stale_after,
         )
 
 
@@ -142,6 +147,7 @@ class Resources:
         self.settings = settings
         self.store = Store(settings.store_url)
         self.mailman = _Mailman(settings.backend, settings.snapshot_ttl)
+        self.paused = PausedLists(settings.store_url, ttl=0.0)
 
     def _find(self, name: str) -> tuple[Snapshot, str, str]:
         snap = self.mailman.snapshot()
@@ -214,13 +220,14 @@ class Resources:
         client = req.get_param("client") or "127.0.0.1"
         # A malformed address is answered as RCPT would answer it (reject,
         # 501 5.1.3), which is also what `mmgate route` prints.
-        resp.media = verdict(
-            address,
+        router = Router(
             self.mailman.snapshot(),
-            policy=self.settings.policy,
-            upstream=self.settings.upstream,
-            client=client,
-        ).as_dict()
+            self.settings.policy,
+            self.settings.upstream,
+            paused=self.paused,
+            stale_after=self.settings.stale_after,
+        )
+        resp.media = router.verdict(address, client=client).as_dict()
 
     # GET /v1/stats
     def on_get_stats(self, req: falcon.Request, resp: falcon.Response) -> None:

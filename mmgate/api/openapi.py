@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmgate import __version__
+from mmgate._version import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _LIST_PARAM = {
@@ -139,7 +139,7 @@ def spec() -> dict[str, Any]:
                         "required": ["address", "action"],
                         "properties": {
                             "address": {"type": "string"},
-                            "action": {"enum": ["list", "relay", "reject"]},
+                            "action": {"enum": ["list", "relay", "reject", "paused", "stale"]},
                         },
                     },
                     params=[

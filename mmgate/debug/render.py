@@ -18,7 +18,7 @@ from datetime import datetime
 from email.message import Message
 from typing import Any
 
-from mmgate.gateway import Decision
+from mmgate.router import Decision
 
 #: Bodies longer than this are summarised unless --full.
 BODY_LINES = 40

@@ -23,9 +23,10 @@ from typing import Any, TextIO
 
 from mmgate.channel import SMTPChannel
 from mmgate.debug.render import Seen, render_json, render_text
-from mmgate.gateway import Decision, MailmanProxy
+from mmgate.gateway import MailmanProxy
 from mmgate.proxy import client_ip, wire_form
 from mmgate.relay.trace import new_id
+from mmgate.router import Decision
 from mmgate.server import ProcessResult, current_channel
 from mmgate.smtp.framing import BareLinePolicy
 from mmgate.smtp.limits import Limits
@@ -44,7 +45,7 @@ class DebugChannel(SMTPChannel):
     def accept_recipient(self, address: str, options: list[str]) -> None:
         server = self.smtp_server
         assert isinstance(server, DebugServer)
-        self.decisions.append(server.decide(address, client_ip(self)))
+        self.decisions.append(server.router.decide(address, client=client_ip(self)))
         super().accept_recipient(address, options)
 
     def transaction_ended(self) -> None:
@@ -84,7 +85,7 @@ class DebugServer(MailmanProxy):
     ) -> ProcessResult:
         channel = current_channel.get(None)
         decisions = list(getattr(channel, "decisions", [])) or [
-            self.decide(r, str(peer[0])) for r in rcpttos
+            self.router.decide(r, client=str(peer[0])) for r in rcpttos
         ]
         raw = wire_form(data, self.data_line_ending)
         event = channel.last_message if channel is not None else None
@@ -120,7 +121,7 @@ class DebugServer(MailmanProxy):
             return None
         message = self.trace_header(channel, rcpttos, new_id()) + seen.data
         outcome = await self.mailman.stage(
-            message, seen.mail_from, routes, self.directory.snapshot, direct=True
+            message, seen.mail_from, routes, self.router.snapshot, direct=True
         )
         if isinstance(outcome, Reply):
             seen.outcome = f"Mailman refused it: {outcome}"

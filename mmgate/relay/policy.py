@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mmgate.networks import LOOPBACK, Network, in_networks
-from mmgate.smtp import replies
+from mmgate.relay import replies as relay_replies
 from mmgate.smtp.replies import Reply
 
 DEFAULT_NETWORKS: tuple[Network, ...] = LOOPBACK
@@ -83,7 +83,7 @@ def relay_refusal(
 ) -> Reply | None:
     """Why ``client`` may not relay to ``recipient`` here, or None if it may."""
     if not upstream:
-        return replies.RELAY_NOT_CONFIGURED
+        return relay_replies.RELAY_NOT_CONFIGURED
     if not policy.permits(client, recipient):
-        return replies.RELAY_DENIED
+        return relay_replies.RELAY_DENIED
     return None

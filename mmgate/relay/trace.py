@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from email.utils import format_datetime, localtime
 
-from mmgate import __version__
+from mmgate._version import __version__
 
 
 def new_id() -> str:

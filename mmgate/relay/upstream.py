@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
+from mmgate.relay import replies as relay_replies
 from mmgate.smtp import replies
 from mmgate.smtp.replies import Reply
 
@@ -62,9 +63,14 @@ def as_reply(code: int, message: str) -> Reply:
         status, text = m.group(0).strip(), message[m.end() :]
     else:
         status, text = f"{str(code)[0]}.0.0", message
-    text = text.replace("\r", "") or "(no text)"
+    # Continuation lines repeat the status (RFC 2034 section 3); ours is
+    # written once per line by Reply.to_bytes, so drop theirs.
+    lines = text.replace("\r", "").split("\n")
+    rest = [line[m.end() :] if (m := _STATUS.match(line)) else line for line in lines[1:]]
+    text = "\n".join([lines[0], *rest])
+    text = text or "(no text)"
     if not 200 <= code <= 599:
-        return replies.UPSTREAM_LOST
+        return relay_replies.UPSTREAM_LOST
     return Reply(code, status, text)
 
 
@@ -195,33 +201,33 @@ class RelayTransaction:
                 conn, pooled = await self.pool.acquire()
             except _TIMEOUT:
                 log.warning("upstream %s: timeout while connecting", self.pool.address)
-                return replies.UPSTREAM_UNREACHABLE
+                return relay_replies.UPSTREAM_UNREACHABLE
             except (aiosmtplib.SMTPException, *_LOST) as exc:
                 log.warning("upstream %s unreachable: %s", self.pool.address, exc)
-                return replies.UPSTREAM_UNREACHABLE
+                return relay_replies.UPSTREAM_UNREACHABLE
             try:
                 reply = await self._mail(conn)
             except _TIMEOUT:
                 self.pool.release(conn, reusable=False)
-                return replies.UPSTREAM_TIMEOUT
+                return relay_replies.UPSTREAM_TIMEOUT
             except (aiosmtplib.SMTPException, *_LOST) as exc:
                 self.pool.release(conn, reusable=False)
                 if pooled and attempt == 1:
                     continue  # a stale pooled session: nothing was sent, try a new one
                 log.warning("upstream %s: lost at MAIL: %s", self.pool.address, exc)
-                return replies.UPSTREAM_LOST
+                return relay_replies.UPSTREAM_LOST
             if reply.code == 421:
                 self.pool.release(conn, reusable=False)
                 if pooled and attempt == 1:
                     continue
-                return replies.UPSTREAM_UNREACHABLE
+                return relay_replies.UPSTREAM_UNREACHABLE
             if not reply.is_success:
                 self.pool.release(conn)
                 self._refused = reply
                 return reply
             self._conn = conn
             return None
-        return replies.UPSTREAM_LOST  # pragma: no cover - the loop returns
+        return relay_replies.UPSTREAM_LOST  # pragma: no cover - the loop returns
 
     async def _mail(self, conn: Connection) -> Reply:
         smtp = conn.smtp
@@ -229,7 +235,7 @@ class RelayTransaction:
             await smtp.execute_command(b"RSET", timeout=self.pool.timeouts.mail)
             conn.dirty = False
         if self.smtputf8 and not conn.supports("smtputf8") and not self.sender.isascii():
-            return replies.NEEDS_SMTPUTF8_ADDRESS
+            return relay_replies.NEEDS_SMTPUTF8_ADDRESS
         args = [b"FROM:<" + self.sender.encode("utf-8") + b">"]
         if self.body_8bit and conn.supports("8bitmime"):
             args.append(b"BODY=8BITMIME")
@@ -247,7 +253,7 @@ class RelayTransaction:
         conn = self._conn
         assert conn is not None
         if not address.isascii() and not conn.supports("smtputf8"):
-            return replies.NEEDS_SMTPUTF8_ADDRESS
+            return relay_replies.NEEDS_SMTPUTF8_ADDRESS
         try:
             response: SMTPResponse = await conn.smtp.execute_command(
                 b"RCPT",
@@ -257,8 +263,8 @@ class RelayTransaction:
         except (*_TIMEOUT, aiosmtplib.SMTPException, *_LOST) as exc:
             return self._broken(exc, "RCPT")
         if response.code == 421:
-            self._drop(replies.UPSTREAM_LOST)
-            return replies.UPSTREAM_LOST
+            self._drop(relay_replies.UPSTREAM_LOST)
+            return relay_replies.UPSTREAM_LOST
         if response.code in (250, 251):
             self.recipients.append(address)
             return replies.RECIPIENT_OK
@@ -272,11 +278,11 @@ class RelayTransaction:
         if conn is None or not self.recipients:
             return replies.NEED_RCPT
         if not conn.supports("8bitmime") and not message.isascii():
-            return replies.NEEDS_8BITMIME
+            return relay_replies.NEEDS_8BITMIME
         if self.smtputf8 and not conn.supports("smtputf8"):
             end = message.find(b"\r\n\r\n")
             if not message[: end if end >= 0 else len(message)].isascii():
-                return replies.NEEDS_SMTPUTF8_HEADERS
+                return relay_replies.NEEDS_SMTPUTF8_HEADERS
         try:
             response = await conn.smtp.data(message, timeout=self.pool.timeouts.data_end)
         except aiosmtplib.SMTPDataError as exc:
@@ -290,10 +296,10 @@ class RelayTransaction:
     def _broken(self, exc: BaseException, command: str) -> Reply:
         """The session failed at ``command``: drop it; 451 so the client retries."""
         if isinstance(exc, _TIMEOUT):
-            reply = replies.UPSTREAM_TIMEOUT
+            reply = relay_replies.UPSTREAM_TIMEOUT
         else:
             log.warning("upstream %s: lost at %s: %s", self.pool.address, command, exc)
-            reply = replies.UPSTREAM_LOST
+            reply = relay_replies.UPSTREAM_LOST
         self._drop(reply)
         return reply
 

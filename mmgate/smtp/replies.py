@@ -9,7 +9,10 @@ had the reply, so logs and habits carry over.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_CODE_PREFIX = re.compile(r"[2-5][0-9][0-9](?:[ -]|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,25 @@ class Reply:
         out = [f"{self.code}-{prefix}{line}" for line in lines[:-1]]
         out.append(f"{self.code} {prefix}{lines[-1]}")
         return ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def encode_text(text: str) -> bytes:
+    """A reply given as text (smtpd's ``push`` form) in its wire form.
+
+    One line gets CRLF, as smtpd did. A text of several lines (separated by
+    LF or CRLF) becomes RFC 5321 4.2.1 lines: ``NNN-text`` for all but the
+    last, ``NNN text`` for the last, the code taken from the first line, so
+    a client never sees a bare LF inside a reply.
+    """
+    if "\n" not in text:
+        return text.encode("utf-8", "surrogateescape") + b"\r\n"
+    lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
+    code = lines[0][:3]
+    out = []
+    for i, line in enumerate(lines):
+        body = line[4:] if _CODE_PREFIX.match(line) else line
+        out.append(f"{code}{' ' if i == len(lines) - 1 else '-'}{body}")
+    return ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
 
 
 # --- 2xx: success ------------------------------------------------------------
@@ -112,23 +134,3 @@ NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8
 BARE_LINE_ENDING = Reply(550, "5.6.0", "Error: bare CR or LF in message text (RFC 5321 2.3.8)")
 MAIL_PARAMS_UNKNOWN = Reply(555, "5.5.4", "MAIL FROM parameters not recognized or not implemented")
 RCPT_PARAMS_UNKNOWN = Reply(555, "5.5.4", "RCPT TO parameters not recognized or not implemented")
-
-# --- the gateway ---------------------------------------------------------------
-#: RFC 3463 X.2.1 "Mailbox disabled, not accepting messages": temporary, so
-#: the mail waits in the sender's queue while the list is paused.
-LIST_PAUSED = Reply(451, "4.2.1", "List {} is paused for maintenance, try again later")
-
-# --- relay (PureProxy path) ---------------------------------------------------
-#: Relaying is a privilege (RFC 5321 3.6.2); X.7.1 "Delivery not authorized".
-RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
-RELAY_NOT_CONFIGURED = Reply(550, "5.7.1", "Relaying is not configured here")
-#: X.4.1 "No answer from host": the client should try again later.
-UPSTREAM_UNREACHABLE = Reply(451, "4.4.1", "Upstream unreachable, try again later")
-#: X.4.2 "Bad connection": dropped or timed out in the middle of a session.
-UPSTREAM_LOST = Reply(451, "4.4.2", "Upstream connection lost, try again later")
-UPSTREAM_TIMEOUT = Reply(451, "4.4.2", "Upstream timed out, try again later")
-#: RFC 6152 3 / RFC 3463 X.6.3 "Conversion required but not supported".
-NEEDS_8BITMIME = Reply(554, "5.6.3", "8-bit message but the upstream does not accept 8BITMIME")
-#: RFC 6531 3.5: X.6.7 for an address or header that needs SMTPUTF8.
-NEEDS_SMTPUTF8_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address but the upstream has no SMTPUTF8")
-NEEDS_SMTPUTF8_HEADERS = Reply(554, "5.6.7", "Non-ASCII headers but the upstream has no SMTPUTF8")

@@ -1,0 +1,187 @@
+"""The gateway's settings, built from flags, the environment and the TOML file.
+
+Building settings only reads and checks: a bad value is one line naming the
+file and key (or the flag, or the variable), and nothing is written. What a
+server needs on disk (the embedded Mailman home, the store's directory) is
+made by :meth:`GatewaySettings.prepare`, which only the serving commands
+call. This module imports no server, channel, gateway or CLI, so the admin
+API (inside gunicorn workers) can build its settings from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmgate import config
+from mmgate.config import STALE_AFTER, ConfigError
+from mmgate.relay.policy import RelayPolicy
+
+if TYPE_CHECKING:
+    from mmgate.mailman.backend import MailmanBackend
+
+DEFAULT_LISTEN = "127.0.0.1:8025"
+DEFAULT_API_BIND = "127.0.0.1:8026"
+
+#: The flags :func:`load` reads; a plain mapping may give any of them.
+FLAGS = (
+    "config",
+    "relay",
+    "relay_networks",
+    "relay_domains",
+    "mailman_config",
+    "var_dir",
+    "mailman_url",
+    "mailman_user",
+    "mailman_lmtp",
+    "spool_sync",
+    "no_store",
+)
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """A Mailman on another host: its REST API and its LMTP runner."""
+
+    url: str
+    user: str
+    password: str
+    lmtp: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: tuple[str, int]
+    upstream: tuple[str, int] | None
+    policy: RelayPolicy
+    var_dir: Path
+    #: a Mailman configuration named by flag or file; None: the embedded one
+    mailman_config: Path | None
+    refresh_interval: float
+    spool_sync: str
+    #: how old a Mailman snapshot may grow before list verdicts turn 451
+    stale_after: float = STALE_AFTER
+    remote: RemoteSettings | None = None
+    store_url: str | None = None
+    api_token: str | None = None
+    api_bind: str = DEFAULT_API_BIND
+    api_workers: int = 2
+
+    @property
+    def mailman_config_path(self) -> Path:
+        """The mailman.cfg in use: the one named, else the embedded home's."""
+        return self.mailman_config or self.var_dir / "mailman.cfg"
+
+    def prepare(self, *, mailman: bool = True) -> None:
+        """Make what a serving command needs on disk: the embedded Mailman
+        home (when no other Mailman was named and ``mailman``) and the
+        SQLite store's folder."""
+        if mailman and self.remote is None and self.mailman_config is None:
+            from mmgate.mailman.embedded import ensure_home
+
+            ensure_home(self.var_dir, smtp_port=self.listen[1] or 8025)
+        if self.store_url is not None and self.store_url.startswith("sqlite:///"):
+            Path(self.store_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+
+    def backend(self) -> MailmanBackend:
+        """The Mailman to use: remote when a URL was given, else on this host."""
+        if self.remote is not None:
+            from mmgate.mailman.remote import RemoteMailman
+
+            r = self.remote
+            return RemoteMailman(r.url, user=r.user, password=r.password, lmtp=r.lmtp)
+        from mmgate.mailman.local import LocalMailman
+
+        return LocalMailman(self.mailman_config_path, spool_sync=self.spool_sync)
+
+    def describe(self) -> str:
+        if self.remote is not None:
+            return f"{self.remote.url} (LMTP {self.remote.lmtp[0]}:{self.remote.lmtp[1]})"
+        return str(self.mailman_config_path)
+
+
+def _number(value: Any, where: str, *, above: float, at_most: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: must be a number, not {value!r}")
+    if not above < value <= at_most:
+        raise ConfigError(f"{where}: must be above {above:g} and at most {at_most:g}, not {value}")
+    return float(value)
+
+
+def load(
+    args: argparse.Namespace | Mapping[str, Any],
+    *,
+    listen_flag: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewaySettings:
+    """Settings from flags (``args``), the environment and the TOML file."""
+    if isinstance(args, Mapping):
+        args = argparse.Namespace(**{**dict.fromkeys(FLAGS), **args})
+    env = os.environ if environ is None else environ
+    cfg = config.read_config(args.config)
+    listen, where = config.pick(cfg, "smtp", "listen", listen_flag, "--listen", DEFAULT_LISTEN)
+    upstream, up_where = config.pick(cfg, "relay", "upstream", args.relay, "--relay", None)
+    mailman_cfg, _ = config.pick(
+        cfg, "mailman", "config", args.mailman_config, "--mailman-config", None
+    )
+    var_dir, _ = config.pick(cfg, "mailman", "var_dir", args.var_dir, "--var-dir", "var")
+    refresh, refresh_where = config.pick(cfg, "mailman", "refresh_interval", None, "", 2.0)
+    stale, stale_where = config.pick(cfg, "mailman", "stale_after", None, "", STALE_AFTER)
+    sync, sync_where = config.pick(
+        cfg, "mailman", "spool_sync", args.spool_sync, "--spool-sync", "batch"
+    )
+    if sync not in ("batch", "file"):
+        raise ConfigError(f'{sync_where}: must be "batch" or "file", not {sync!r}')
+    var = Path(var_dir).resolve()
+    store, _ = config.pick(cfg, "api", "store", None, "", None)
+    if store is None:
+        store = f"sqlite:///{var / 'mmgate.db'}"
+    if getattr(args, "no_store", None) or store == "":
+        store = None
+    token = env.get("MMGATE_API_TOKEN") or cfg.get("api", "token")
+    api_bind = cfg.get("api", "bind") or DEFAULT_API_BIND
+    config.hostport(api_bind, where=cfg.where("api", "bind"))
+    workers = cfg.get("api", "workers")
+    if workers is not None:
+        _number(workers, cfg.where("api", "workers"), above=0, at_most=64)
+    return GatewaySettings(
+        listen=config.hostport(listen, where=where),
+        upstream=config.hostport(upstream, where=up_where) if upstream else None,
+        policy=config.relay_policy(
+            cfg, env, networks=args.relay_networks, domains=args.relay_domains
+        ),
+        var_dir=var,
+        mailman_config=Path(mailman_cfg).resolve() if mailman_cfg else None,
+        refresh_interval=_number(refresh, refresh_where, above=0, at_most=3600),
+        spool_sync=sync,
+        stale_after=_number(stale, stale_where, above=0, at_most=86400),
+        remote=_remote(cfg, args, env),
+        store_url=store,
+        api_token=token or None,
+        api_bind=api_bind,
+        api_workers=int(workers or 2),
+    )
+
+
+def _remote(
+    cfg: config.ConfigFile, args: argparse.Namespace, env: Mapping[str, str]
+) -> RemoteSettings | None:
+    url, _ = config.pick(cfg, "mailman", "url", args.mailman_url, "--mailman-url", None)
+    if url is None:
+        return None
+    lmtp, lmtp_where = config.pick(
+        cfg, "mailman", "lmtp", args.mailman_lmtp, "--mailman-lmtp", None
+    )
+    if lmtp is None:
+        raise ConfigError("--mailman-url needs --mailman-lmtp HOST:PORT (or [mailman] lmtp)")
+    user, _ = config.pick(cfg, "mailman", "user", args.mailman_user, "--mailman-user", "restadmin")
+    password = env.get("MMGATE_MAILMAN_PASSWORD") or cfg.get("mailman", "password")
+    if not password:
+        raise ConfigError(
+            "--mailman-url needs a password: MMGATE_MAILMAN_PASSWORD or [mailman] password"
+        )
+    return RemoteSettings(url, user, password, config.hostport(lmtp, where=lmtp_where))
