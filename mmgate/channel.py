@@ -1,11 +1,13 @@
 """SMTPChannel: one client session, with the API Python's smtpd documented.
 
-The channel is an ``asyncio.Protocol``. It feeds received bytes to the
-sans-I/O :class:`~mmgate.smtp.framing.Framer`, dispatches each command line
-to a ``smtp_<COMMAND>`` method (so a subclass adds a command by defining
-``smtp_XFOO``), and collects the replies of a pipelined batch so that they
-leave in one write (RFC 2920). Sequencing comes from the table in
-:mod:`mmgate.smtp.state`; the replies from :mod:`mmgate.smtp.replies`.
+The channel is the asyncio adapter of the sans-I/O
+:class:`~mmgate.smtp.session.Session`: it feeds the session the bytes it
+receives, dispatches each command to a ``smtp_<COMMAND>`` method (so a
+subclass adds a command by defining ``smtp_XFOO``, or changes one by
+overriding it, as with smtpd), and writes what the session has to send, a
+pipelined batch's replies in one write (RFC 2920). Parsing, sequencing,
+limits and replies live in :mod:`mmgate.smtp`; what is here is I/O: the
+transport, timers, flow control and waiting for work done elsewhere.
 """
 
 from __future__ import annotations
@@ -14,47 +16,37 @@ import asyncio
 import dataclasses
 import logging
 import socket
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from mmgate.smtp import paths, replies, state
+from mmgate.smtp import replies
 from mmgate.smtp.errors import ProtocolError
-from mmgate.smtp.framing import CommandLine, Framer, LineTooLong, MessageData
+from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
+from mmgate.smtp.framing import MessageData
+from mmgate.smtp.limits import Limits
 from mmgate.smtp.replies import Reply
-from mmgate.smtp.state import Phase, Step
+from mmgate.smtp.session import Session, SessionConfig, printable
+from mmgate.smtp.state import Phase
 
 if TYPE_CHECKING:
     from mmgate.server import SMTPServer
 
 log = logging.getLogger("mmgate.smtp")
+T = TypeVar("T")
 
 DATA_SIZE_DEFAULT = 33554432
-_HELP_TOPICS = {
-    "EHLO": "Syntax: EHLO hostname",
-    "HELO": "Syntax: HELO hostname",
-    "MAIL": "Syntax: MAIL FROM: <address>",
-    "RCPT": "Syntax: RCPT TO: <address>",
-    "DATA": "Syntax: DATA",
-    "RSET": "Syntax: RSET",
-    "NOOP": "Syntax: NOOP",
-    "QUIT": "Syntax: QUIT",
-    "VRFY": "Syntax: VRFY <address>",
-}
 
 
-def _printable(text: str, limit: int = 32) -> str:
-    """What of a client's word may be echoed in a reply or a log line."""
-    safe = "".join(c if " " < c < "\x7f" else "?" for c in text[:limit])
-    return safe + ("..." if len(text) > limit else "")
+def _delegate(name: str, doc: str) -> Any:
+    """An smtpd instance variable that lives in the session."""
 
+    def get(self: SMTPChannel) -> Any:
+        return getattr(self.session, name)
 
-def _options(text: str) -> list[str]:
-    """Parameters as smtpd listed them: one word each, keyword upper-cased."""
-    words = []
-    for word in text.split():
-        key, sep, value = word.partition("=")
-        words.append(key.upper() + sep + value)
-    return words
+    def set_(self: SMTPChannel, value: Any) -> None:
+        setattr(self.session, name, value)
+
+    return property(get, set_, doc=doc)
 
 
 class SMTPChannel(asyncio.Protocol):
@@ -69,6 +61,14 @@ class SMTPChannel(asyncio.Protocol):
 
     COMMAND = 0
     DATA = 1
+
+    seen_greeting = _delegate("seen_greeting", "The name the client gave in HELO/EHLO.")
+    extended_smtp = _delegate("extended_smtp", "True after EHLO.")
+    mailfrom = _delegate("mailfrom", "The envelope sender of the open transaction.")
+    rcpttos = _delegate("rcpttos", "The envelope recipients accepted so far.")
+    mail_options = _delegate("mail_options", "MAIL's parameters, in smtpd's form.")
+    rcpt_options = _delegate("rcpt_options", "Every RCPT's parameters, in smtpd's form.")
+    require_SMTPUTF8 = _delegate("require_SMTPUTF8", "MAIL asked for SMTPUTF8.")
 
     def __init__(
         self,
@@ -87,39 +87,54 @@ class SMTPChannel(asyncio.Protocol):
         self.smtp_server = server
         self.conn = conn
         self.addr = addr
-        self.data_size_limit = data_size_limit
         self.enable_SMTPUTF8 = enable_SMTPUTF8
         self._decode_data = decode_data
+        limits = server.limits
+        if limits.message_size != (data_size_limit or None):
+            limits = dataclasses.replace(limits, message_size=data_size_limit or None)
+        self.session = Session(
+            SessionConfig(
+                limits=limits,
+                bare_lines=server.bare_lines,
+                smtputf8=enable_SMTPUTF8,
+                eight_bit=not decode_data,
+                max_errors=server.max_bad_commands,
+            )
+        )
+        self._mail: MailFrom | None = None
+        self._rcpt: RcptTo | None = None
         self.received_lines: list[str] = []
-        self.smtp_state = self.COMMAND
-        self.seen_greeting = ""
-        self.extended_smtp = False
-        self.mailfrom: str | None = None
-        self.rcpttos: list[str] = []
         self.received_data: str | bytes = ""
         #: The framer's account of the last message (size, long lines, bare
         #: line endings), for process_message code that reports on them.
         self.last_message: MessageData | None = None
-        self.mail_options: list[str] = []
-        self.rcpt_options: list[str] = []
-        self.require_SMTPUTF8 = False
         self.fqdn = server.fqdn
         self.peer = addr
-        limits = server.limits
-        if limits.message_size != (data_size_limit or None):
-            limits = dataclasses.replace(limits, message_size=data_size_limit or None)
-        self.limits = limits
-        self._framer = Framer(limits, server.bare_lines)
-        self._phase = Phase.CONNECTED
-        self._out: list[bytes] = []
         self._batching = False
-        self._busy = False  # waiting for process_message
+        self._busy = False  # waiting for work done elsewhere (wait_for, process_message)
         self._write_paused = False
         self._closing = False
-        self._errors = 0
         self._transport: asyncio.Transport | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
+
+    # -- smtpd's variables that the session holds -------------------------------
+    @property
+    def smtp_state(self) -> int:
+        """``COMMAND``, or ``DATA`` from the DATA line until the message's reply."""
+        return self.DATA if self.session.phase in (Phase.DATA, Phase.RECEIVED) else self.COMMAND
+
+    @property
+    def limits(self) -> Limits:
+        return self.session.limits
+
+    @property
+    def data_size_limit(self) -> int | None:
+        return self.session.limits.message_size
+
+    @data_size_limit.setter
+    def data_size_limit(self, size: int | None) -> None:
+        self.session.set_message_size(size)
 
     # -- transport events ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,7 +162,7 @@ class SMTPChannel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = asyncio.get_running_loop().time()
-        self._framer.receive_data(data)
+        self.session.receive_data(data)
         self._process()
 
     def eof_received(self) -> bool | None:
@@ -168,23 +183,15 @@ class SMTPChannel(asyncio.Protocol):
     # -- output ----------------------------------------------------------
     def push(self, msg: str | Reply) -> None:
         """Queue one reply; a batch's replies leave together (RFC 2920)."""
-        if isinstance(msg, Reply):
-            first, wire = str(msg.code)[0], msg.to_bytes()
-        else:
-            first, wire = msg[:1], replies.encode_text(msg)
-        if first == "5":
-            self._errors += 1
-        elif first == "2":
-            self._errors = 0
-        self._out.append(wire)
+        self.session.send(msg)
         if not self._batching:
             self._flush()
 
     def _flush(self) -> None:
-        if self._out and self._transport is not None:
-            out = self._out
-            self.send_bytes(out[0] if len(out) == 1 else b"".join(out))
-        self._out = []
+        if self.session.has_output:
+            data = self.session.data_to_send()
+            if self._transport is not None:
+                self.send_bytes(data)
 
     def send_bytes(self, data: bytes) -> None:
         """The one place replies reach the transport: one call, one write."""
@@ -200,65 +207,48 @@ class SMTPChannel(asyncio.Protocol):
 
     # -- the receive loop ------------------------------------------------
     def _process(self) -> None:
-        framer = self._framer
+        session = self.session
         self._batching = True
         try:
             while not (self._busy or self._closing or self._write_paused):
-                event = framer.next_event()
+                event = session.next_event()
                 if event is None:
                     break
-                if isinstance(event, CommandLine):
-                    self._on_command(event.line)
-                elif isinstance(event, MessageData):
-                    self._on_message(event)
+                if isinstance(event, Command):
+                    self._on_command(event)
                 else:
-                    self._on_line_too_long(event)
-                if self._errors >= self.smtp_server.max_bad_commands and not self._closing:
-                    self.push(replies.TOO_MANY_ERRORS)
-                    self.close_when_done()
+                    self._on_message(event)
+            if session.closing and not self._closing:
+                self.close_when_done()  # the session said 421 (too many errors)
         finally:
             self._batching = False
             self._flush()
 
-    def _on_line_too_long(self, event: LineTooLong) -> None:
-        log.info("%s: command line of %d octets refused", self._peer_text, event.length)
-        self.push(replies.LINE_TOO_LONG)
-
-    def _on_command(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "surrogateescape")
-        self.received_lines = [line]
-        if not line:
-            self.push(replies.BAD_SYNTAX)
-            return
-        verb, sep, rest = line.partition(" ")
-        command = verb.upper()
-        arg: str | None = rest.strip() if sep else None
-        if len(raw) + 2 > self._line_limit(command):
-            self.push(replies.LINE_TOO_LONG)
-            return
-        method = getattr(self, "smtp_" + command, None) if command.isascii() else None
+    def _on_command(self, command: Command) -> None:
+        self.received_lines = [command.line]
+        verb = command.verb
+        method = getattr(self, "smtp_" + verb, None) if verb.isascii() else None
         if method is None:
             self.push(
                 replies.UNKNOWN_COMMAND.with_text(
-                    replies.UNKNOWN_COMMAND.text.format(_printable(command))
+                    replies.UNKNOWN_COMMAND.text.format(printable(verb))
                 )
             )
             return
-        refusal = state.out_of_sequence(command, self._phase)
-        if refusal is not None:
-            self.push(refusal)
+        try:
+            self.session.check_sequence(verb)
+        except ProtocolError as exc:
+            self.push(exc.reply)
             return
-        method(arg)
+        method(command.arg)
 
-    def _line_limit(self, command: str) -> int:
-        limits = self.limits
-        if not self.extended_smtp:
-            return limits.command_line
-        if command == "MAIL":
-            return limits.mail_line(size=bool(self.data_size_limit), smtputf8=self.enable_SMTPUTF8)
-        if command == "RCPT" and self.enable_SMTPUTF8:
-            return limits.mail_line(size=False, smtputf8=True)
-        return limits.command_line
+    def _parse(self, parse: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Run one of the session's parsers; its refusal is the reply."""
+        try:
+            return parse(*args, **kwargs)
+        except ProtocolError as exc:
+            self.push(exc.reply)
+            return None
 
     def transaction_ended(self) -> None:
         """Called whenever the transaction state is cleared: after a message,
@@ -294,17 +284,10 @@ class SMTPChannel(asyncio.Protocol):
                 self._transport.resume_reading()
             self._process()
 
-    def _advance(self, step: Step) -> None:
-        self._phase = state.advance(self._phase, step)
-        self.smtp_state = self.DATA if self._phase is Phase.DATA else self.COMMAND
-
     def _reset_transaction(self) -> None:
+        """Forget the transaction without moving the session (the client left)."""
         self.transaction_ended()
-        self.mailfrom = None
-        self.rcpttos = []
-        self.mail_options = []
-        self.rcpt_options = []
-        self.require_SMTPUTF8 = False
+        self.session.clear_transaction()
         self.received_data = ""
 
     # -- the message -----------------------------------------------------
@@ -338,11 +321,12 @@ class SMTPChannel(asyncio.Protocol):
         self._resume()
 
     def _end_transaction(self, reply: Reply | str) -> None:
-        self._reset_transaction()
-        self._advance(Step.END)
+        self.transaction_ended()
+        self.session.end_transaction()
+        self.received_data = ""
         self.push(reply)
         if self.smtp_server.shutting_down and not self._closing:
-            self.push(replies.SHUTTING_DOWN)
+            self.session.close(replies.SHUTTING_DOWN)
             self.close_when_done()
 
     # -- timers and shutdown ---------------------------------------------
@@ -360,18 +344,18 @@ class SMTPChannel(asyncio.Protocol):
             self._arm_idle_timer(loop)  # activity since the timer was set
             return
         log.info("%s: idle timeout", self._peer_text)
-        self.push(replies.TIMEOUT)
+        self.session.close(replies.TIMEOUT)
         self.close_when_done()
 
     @property
     def in_transaction(self) -> bool:
         """True while a mail transaction is open or its message is processed."""
-        return self._busy or self._phase in (Phase.MAIL, Phase.RCPT, Phase.DATA)
+        return self._busy or self.session.in_transaction
 
     def shutdown(self) -> None:
         """Tell the client the server is going away, and close (421, 4.3.2)."""
         if self._transport is not None and not self._closing:
-            self.push(replies.SHUTTING_DOWN)
+            self.session.close(replies.SHUTTING_DOWN)
             self.close_when_done()
 
     @property
@@ -383,76 +367,54 @@ class SMTPChannel(asyncio.Protocol):
     # -- EHLO keywords -----------------------------------------------------
     def extensions(self) -> list[str]:
         """The EHLO keywords, in order; a subclass may add its own."""
-        keywords = []
-        if self.data_size_limit:
-            keywords.append(f"SIZE {self.data_size_limit}")
-        if not self._decode_data:
-            keywords.append("8BITMIME")
-        if self.enable_SMTPUTF8:
-            keywords.append("SMTPUTF8")
-        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES", "HELP"]
-        return keywords
+        return self.session.extensions()
 
     # -- SMTP and ESMTP commands ---------------------------------------------
     def smtp_HELO(self, arg: str | None) -> None:
-        if not arg:
-            self.push(replies.SYNTAX_HELO)
-            return
-        self._greet(arg, extended=False)
-        self.push(f"250 {self.fqdn}")
+        hello = self._parse(self.session.hello, arg, extended=False)
+        if hello is not None:
+            self._greet(hello)
+            self.push(f"250 {self.fqdn}")
 
     def smtp_EHLO(self, arg: str | None) -> None:
-        if not arg:
-            self.push(replies.SYNTAX_EHLO)
-            return
-        self._greet(arg, extended=True)
-        lines = [self.fqdn, *self.extensions()]
-        self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
+        hello = self._parse(self.session.hello, arg, extended=True)
+        if hello is not None:
+            self._greet(hello)
+            lines = [self.fqdn, *self.extensions()]
+            self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
 
-    def _greet(self, arg: str, *, extended: bool) -> None:
-        # RFC 5321 4.1.4: a later HELO/EHLO resets the state as RSET does.
-        self._reset_transaction()
-        self.seen_greeting = arg
-        self.extended_smtp = extended
-        self._advance(Step.GREET)
+    def _greet(self, hello: Hello) -> None:
+        self.transaction_ended()
+        self.received_data = ""
+        self.session.greet(hello)
 
     def smtp_NOOP(self, arg: str | None) -> None:
-        self.push(replies.SYNTAX_NOOP if arg else replies.OK)
+        if self._parse(self.session.noop, arg) is not None:
+            self.push(replies.OK)
 
     def smtp_QUIT(self, arg: str | None) -> None:
         self.push(replies.BYE)
         self.close_when_done()
 
     def smtp_RSET(self, arg: str | None) -> None:
-        if arg:
-            self.push(replies.SYNTAX_RSET)
-            return
-        self._reset_transaction()
-        self._advance(Step.RESET)
-        self.push(replies.RESET_OK)
+        if self._parse(self.session.rset, arg) is not None:
+            self.transaction_ended()
+            self.received_data = ""
+            self.session.reset()
+            self.push(replies.RESET_OK)
 
     def smtp_HELP(self, arg: str | None) -> None:
-        if not arg:
-            self.push(replies.HELP)
-            return
-        topic = _HELP_TOPICS.get(arg.upper())
-        if topic is None:
-            self.push(replies.HELP_UNKNOWN)
-            return
-        if self.extended_smtp and arg.upper() in ("MAIL", "RCPT"):
-            topic += " [SP <mail-parameters>]"
-        self.push(replies.OK.with_text(topic))
+        self.push(self.session.help_reply(arg))
 
     def smtp_VRFY(self, arg: str | None) -> None:
-        if not arg:
-            self.push(replies.SYNTAX_VRFY)
+        verify = self._parse(self.session.vrfy, arg)
+        if verify is None:
             return
-        try:
-            path, _ = paths.split_path(arg, replies.SYNTAX_VRFY)
-            paths.check_mailbox(path, replies.SYNTAX_VRFY, smtputf8=True, postmaster_ok=True)
-        except ProtocolError:
+        if not verify.valid:
             self.push(
-                replies.VRFY_CANNOT.with_text(replies.VRFY_CANNOT.text.format(_printable(arg, 64)))
+                replies.VRFY_CANNOT.with_text(
+                    replies.VRFY_CANNOT.text.format(printable(verify.arg, 64))
+                )
             )
             return
         self.push(replies.CANNOT_VRFY)
@@ -461,38 +423,12 @@ class SMTPChannel(asyncio.Protocol):
         self.push(replies.EXPN_NOT_IMPLEMENTED)
 
     def smtp_MAIL(self, arg: str | None) -> None:
-        syntax = replies.SYNTAX_MAIL_EXT if self.extended_smtp else replies.SYNTAX_MAIL
-        try:
-            self._mail(paths.strip_keyword("FROM:", arg), syntax)
-        except ProtocolError as exc:
-            self.push(exc.reply)
-
-    def _mail(self, arg: str | None, syntax: Reply) -> None:
-        if not arg:
-            raise ProtocolError(syntax)
-        path, text = paths.split_path(arg, syntax)
-        if text and not self.extended_smtp:
-            raise ProtocolError(syntax)
-        params = paths.parse_params(text, syntax)
-        smtputf8 = False
-        if "SMTPUTF8" in params and self.enable_SMTPUTF8:
-            if params.pop("SMTPUTF8") is not None:
-                raise ProtocolError(syntax)
-            smtputf8 = True
-        body = params.pop("BODY", None)
-        if body is not None and (self._decode_data or body.upper() not in ("7BIT", "8BITMIME")):
-            raise ProtocolError(replies.BAD_BODY)
-        size = params.pop("SIZE", None)
-        if size is not None:
-            if not size.isdigit():
-                raise ProtocolError(replies.BAD_SIZE)
-            if self.data_size_limit and int(size) > self.data_size_limit:
-                raise ProtocolError(replies.SIZE_EXCEEDED)
-        if params:
-            raise ProtocolError(replies.MAIL_PARAMS_UNKNOWN)
-        address = paths.check_mailbox(path, syntax, smtputf8=smtputf8, null_ok=True)
-        self.require_SMTPUTF8 = smtputf8
-        self.accept_sender(address, _options(text))
+        mail = self._parse(self.session.mail, arg)
+        if mail is not None:
+            self._mail = mail
+            # known to accept_sender's overrides, as smtpd-era code expects
+            self.session.require_SMTPUTF8 = mail.smtputf8
+            self.accept_sender(mail.address, list(mail.options))
 
     def accept_sender(self, address: str, options: list[str]) -> None:
         """Open the transaction for a sender whose syntax is valid.
@@ -501,35 +437,17 @@ class SMTPChannel(asyncio.Protocol):
         push its refusal instead; see :meth:`wait_for` for asking
         asynchronously.
         """
-        self.mailfrom = address
-        self.mail_options = options
-        self._advance(Step.MAIL)
+        mail = self._mail
+        if mail is None or mail.address != address:
+            mail = MailFrom(address, options=tuple(options))
+        self.session.open_transaction(mail)
         self.push(replies.SENDER_OK)
 
     def smtp_RCPT(self, arg: str | None) -> None:
-        syntax = replies.SYNTAX_RCPT_EXT if self.extended_smtp else replies.SYNTAX_RCPT
-        try:
-            address, options = self._rcpt(paths.strip_keyword("TO:", arg), syntax)
-        except ProtocolError as exc:
-            self.push(exc.reply)
-            return
-        if len(self.rcpttos) >= self.limits.recipients:
-            self.push(replies.TOO_MANY_RECIPIENTS)
-            return
-        self.accept_recipient(address, options)
-
-    def _rcpt(self, arg: str | None, syntax: Reply) -> tuple[str, list[str]]:
-        if not arg:
-            raise ProtocolError(syntax)
-        path, text = paths.split_path(arg, syntax)
-        if text and not self.extended_smtp:
-            raise ProtocolError(syntax)
-        if paths.parse_params(text, syntax):
-            raise ProtocolError(replies.RCPT_PARAMS_UNKNOWN)
-        address = paths.check_mailbox(
-            path, syntax, smtputf8=self.require_SMTPUTF8, postmaster_ok=True
-        )
-        return address, _options(text)
+        rcpt = self._parse(self.session.rcpt, arg)
+        if rcpt is not None:
+            self._rcpt = rcpt
+            self.accept_recipient(rcpt.address, list(rcpt.options))
 
     def accept_recipient(self, address: str, options: list[str]) -> None:
         """Add a recipient whose syntax is valid; a gateway decides here.
@@ -537,15 +455,13 @@ class SMTPChannel(asyncio.Protocol):
         The base channel takes every syntactically valid address, as smtpd did.
         A subclass may refuse one instead by pushing its own reply.
         """
-        self.rcpttos.append(address)
-        self.rcpt_options += options
-        self._advance(Step.RCPT)
+        rcpt = self._rcpt
+        if rcpt is None or rcpt.address != address:
+            rcpt = RcptTo(address, options=tuple(options))
+        self.session.add_recipient(rcpt)
         self.push(replies.RECIPIENT_OK)
 
     def smtp_DATA(self, arg: str | None) -> None:
-        if arg:
-            self.push(replies.SYNTAX_DATA)
-            return
-        self._advance(Step.DATA)
-        self._framer.start_data()
-        self.push(replies.START_DATA)
+        if self._parse(self.session.data, arg) is not None:
+            self.session.start_data()
+            self.push(replies.START_DATA)

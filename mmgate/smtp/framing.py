@@ -121,6 +121,15 @@ class Framer:
         self._error: Reply | None = None
 
     @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        self._limits = limits
+        self._frame_limit = limits.frame_line
+
+    @property
     def buffered(self) -> int:
         """Bytes held now; bounded by the limits whatever the peer sends."""
         return len(self._buf)

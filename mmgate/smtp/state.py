@@ -25,7 +25,11 @@ class Phase(Enum):
     #: At least one RCPT accepted.
     RCPT = "rcpt"
     #: DATA answered 354; message text is being read (RFC 5321 4.1.1.4).
+    #: The framer reads message text in this phase and only in this one.
     DATA = "data"
+    #: The text ended at CRLF.CRLF; its reply is pending. Nothing more is
+    #: read until it is sent, so later pipelined commands wait (RFC 2920).
+    RECEIVED = "received"
 
 
 class Step(Enum):
@@ -35,7 +39,8 @@ class Step(Enum):
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"  #: DATA answered 354
-    END = "end"  #: the message text ended and was answered
+    RECEIVED = "received"  #: the message text ended (CRLF.CRLF)
+    END = "end"  #: the message was answered
     RESET = "reset"  #: RSET, or a transaction aborted
 
 
@@ -49,7 +54,8 @@ TRANSITIONS: dict[Phase, dict[Step, Phase]] = {
         Step.DATA: Phase.DATA,
         Step.RESET: Phase.GREETED,
     },
-    Phase.DATA: {Step.END: Phase.GREETED},
+    Phase.DATA: {Step.RECEIVED: Phase.RECEIVED},
+    Phase.RECEIVED: {Step.END: Phase.GREETED},
 }
 
 #: Commands that need a phase, and the reply they get anywhere else.

@@ -1,0 +1,109 @@
+"""The typed events of an SMTP session, as the core hands them out.
+
+Small frozen values, validated by the session before they are made: an
+event exists only for a command whose syntax, sequence and limits were
+right (RFC 5321 4.1.1 and 4.1.4). The framing events (a command line, a
+finished message) are in :mod:`mmgate.smtp.framing`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command line, split into its verb (upper case) and argument."""
+
+    verb: str
+    arg: str | None
+    line: str  #: the whole line as received (UTF-8, surrogateescape)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """HELO or EHLO (RFC 5321 4.1.1.1); ``extended`` for EHLO."""
+
+    name: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom:
+    """MAIL FROM with its parsed reverse-path and parameters (4.1.1.2).
+
+    ``address`` is the path without brackets ("" for the null sender), as
+    smtpd gave it; ``options`` are the parameters in smtpd's form (one word
+    each, keyword upper-cased).
+    """
+
+    address: str
+    params: dict[str, str | None] = field(default_factory=dict)
+    options: tuple[str, ...] = ()
+    smtputf8: bool = False  #: RFC 6531: the client asked for SMTPUTF8
+    body: str | None = None  #: RFC 6152: 7BIT or 8BITMIME
+    size: int | None = None  #: RFC 1870: the declared size
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo:
+    """RCPT TO with its parsed forward-path and parameters (4.1.1.3)."""
+
+    address: str
+    params: dict[str, str | None] = field(default_factory=dict)
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DataRequest:
+    """DATA, in sequence and without an argument (4.1.1.4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """RSET (4.1.1.5)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """VRFY (4.1.1.6); ``valid`` says whether the argument is a mailbox."""
+
+    arg: str
+    valid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Expand:
+    """EXPN (4.1.1.7)."""
+
+    arg: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    """HELP (4.1.1.8), with its topic if any."""
+
+    topic: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    """NOOP (4.1.1.9): "any parameter ... SHOULD be ignored"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    """QUIT (4.1.1.10)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A verb the core does not implement; the transport may (``smtp_XFOO``)."""
+
+    verb: str
+    arg: str | None
+
+
+Event = (
+    Hello | MailFrom | RcptTo | DataRequest | Reset | Verify | Expand | Help | Noop | Quit | Unknown
+)

@@ -1,0 +1,411 @@
+"""The server side of one SMTP session, sans-I/O, in the manner of h11.
+
+Bytes go in (:meth:`Session.receive_data`); framing events come out
+(:meth:`Session.next_event`: a :class:`~mmgate.smtp.events.Command` or a
+finished :class:`~mmgate.smtp.framing.MessageData`); a command is turned
+into a typed event by the parser of its verb (:meth:`Session.interpret`,
+or :meth:`hello`, :meth:`mail`, :meth:`rcpt` ... one by one), which checks
+its sequence, syntax, parameters and limits and raises
+:class:`~mmgate.smtp.errors.ProtocolError` with the reply otherwise. The
+owner decides (a hook, a router, an upstream) and then either accepts the
+event (:meth:`greet`, :meth:`open_transaction`, :meth:`add_recipient`,
+:meth:`start_data`, :meth:`end_transaction`, :meth:`reset`) or refuses it;
+replies go in (:meth:`send`) and bytes come out (:meth:`data_to_send`).
+
+Every move of the session goes through :func:`mmgate.smtp.state.advance`,
+the framer's switch to message text included: the state table is the one
+place where the session can change phase. Nothing here touches a socket, a
+clock or a thread, so the whole protocol is testable without any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from mmgate.smtp import paths, replies, state
+from mmgate.smtp.errors import ProtocolError
+from mmgate.smtp.events import (
+    Command,
+    DataRequest,
+    Event,
+    Expand,
+    Hello,
+    Help,
+    MailFrom,
+    Noop,
+    Quit,
+    RcptTo,
+    Reset,
+    Unknown,
+    Verify,
+)
+from mmgate.smtp.framing import BareLinePolicy, CommandLine, Framer, LineTooLong, MessageData
+from mmgate.smtp.limits import Limits
+from mmgate.smtp.replies import Reply
+from mmgate.smtp.state import Phase, Step
+
+_HELP_TOPICS = {
+    "EHLO": "Syntax: EHLO hostname",
+    "HELO": "Syntax: HELO hostname",
+    "MAIL": "Syntax: MAIL FROM: <address>",
+    "RCPT": "Syntax: RCPT TO: <address>",
+    "DATA": "Syntax: DATA",
+    "RSET": "Syntax: RSET",
+    "NOOP": "Syntax: NOOP",
+    "QUIT": "Syntax: QUIT",
+    "VRFY": "Syntax: VRFY <address>",
+}
+
+
+def printable(text: str, limit: int = 32) -> str:
+    """What of a client's word may be echoed in a reply or a log line."""
+    safe = "".join(c if " " < c < "\x7f" else "?" for c in text[:limit])
+    return safe + ("..." if len(text) > limit else "")
+
+
+def _options(text: str) -> tuple[str, ...]:
+    """Parameters as smtpd listed them: one word each, keyword upper-cased."""
+    words = []
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        words.append(key.upper() + sep + value)
+    return tuple(words)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """What the server offers; fixed for a session."""
+
+    limits: Limits = field(default_factory=Limits)
+    bare_lines: BareLinePolicy = BareLinePolicy.NORMALISE
+    #: RFC 6531 SMTPUTF8 offered (smtpd's ``enable_SMTPUTF8``)
+    smtputf8: bool = False
+    #: RFC 6152 8BITMIME offered (off under smtpd's ``decode_data``)
+    eight_bit: bool = True
+    #: errors (5xx) since the last success before the session is ended with
+    #: 421 4.7.0, as Postfix's smtpd_hard_error_limit; 0: no limit
+    max_errors: int = 20
+
+
+class Session:
+    """One SMTP session's protocol state: phase, envelope, framing, output.
+
+    The envelope is kept in smtpd's shapes (``mailfrom``, ``rcpttos``,
+    ``mail_options`` ...) because the asyncio channel exposes these very
+    objects as smtpd's instance variables.
+    """
+
+    def __init__(self, config: SessionConfig | None = None) -> None:
+        self.config = config = config or SessionConfig()
+        self.framer = Framer(config.limits, config.bare_lines)
+        self.phase = Phase.CONNECTED
+        self.seen_greeting = ""
+        self.extended_smtp = False
+        self.mailfrom: str | None = None
+        self.mail_options: list[str] = []
+        self.mail_from: MailFrom | None = None
+        self.rcpttos: list[str] = []
+        self.rcpt_options: list[str] = []
+        self.recipients: list[RcptTo] = []
+        self.require_SMTPUTF8 = False
+        #: 5xx replies since the last 2xx
+        self.errors = 0
+        #: the session has said 421 and must be closed once its output is out
+        self.closing = False
+        self._out: list[bytes] = []
+
+    # -- configuration -----------------------------------------------------
+    @property
+    def limits(self) -> Limits:
+        return self.config.limits
+
+    def set_message_size(self, size: int | None) -> None:
+        """Change the message size limit (smtpd's ``data_size_limit``)."""
+        limits = replace(self.config.limits, message_size=size or None)
+        self.config = replace(self.config, limits=limits)
+        self.framer.limits = limits
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords (RFC 5321 4.1.1.1), in order."""
+        keywords = []
+        if self.limits.message_size:
+            keywords.append(f"SIZE {self.limits.message_size}")
+        if self.config.eight_bit:
+            keywords.append("8BITMIME")
+        if self.config.smtputf8:
+            keywords.append("SMTPUTF8")
+        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES", "HELP"]
+        return keywords
+
+    # -- bytes in, events out ------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        self.framer.receive_data(data)
+
+    def next_event(self) -> Command | MessageData | None:
+        """The next command or finished message; ``None`` when more bytes are
+        needed, or while a received message waits for its reply.
+
+        Lines that are errors in themselves (too long, empty) are answered
+        here and skipped.
+        """
+        while self.phase is not Phase.RECEIVED and not self.closing:
+            event = self.framer.next_event()
+            if event is None:
+                return None
+            if isinstance(event, MessageData):
+                self._advance(Step.RECEIVED)
+                return event
+            if isinstance(event, LineTooLong):
+                self.send(replies.LINE_TOO_LONG)
+                continue
+            command = self._command(event)
+            if command is not None:
+                return command
+        return None
+
+    def _command(self, event: CommandLine) -> Command | None:
+        line = event.line.decode("utf-8", "surrogateescape")
+        if not line:
+            self.send(replies.BAD_SYNTAX)
+            return None
+        verb, sep, rest = line.partition(" ")
+        verb = verb.upper()
+        if len(event.line) + 2 > self._line_limit(verb):
+            self.send(replies.LINE_TOO_LONG)
+            return None
+        return Command(verb, rest.strip() if sep else None, line)
+
+    def _line_limit(self, verb: str) -> int:
+        """RFC 5321 4.5.3.1.4, with the allowances of what EHLO offered."""
+        limits = self.limits
+        if not self.extended_smtp:
+            return limits.command_line
+        if verb == "MAIL":
+            return limits.mail_line(size=bool(limits.message_size), smtputf8=self.config.smtputf8)
+        if verb == "RCPT" and self.config.smtputf8:
+            return limits.mail_line(size=False, smtputf8=True)
+        return limits.command_line
+
+    # -- commands into typed events --------------------------------------------
+    def interpret(self, command: Command) -> Event:
+        """The typed event of a command; ProtocolError with its reply if the
+        command is out of sequence or malformed."""
+        parse = _PARSERS.get(command.verb)
+        if parse is None:
+            return Unknown(command.verb, command.arg)
+        return parse(self, command.arg)
+
+    def check_sequence(self, verb: str) -> None:
+        """RFC 5321 4.1.4: 503 for a command out of order (the state table)."""
+        refusal = state.out_of_sequence(verb, self.phase)
+        if refusal is not None:
+            raise ProtocolError(refusal)
+
+    def hello(self, arg: str | None, *, extended: bool) -> Hello:
+        if not arg:
+            raise ProtocolError(replies.SYNTAX_EHLO if extended else replies.SYNTAX_HELO)
+        return Hello(arg, extended)
+
+    def mail(self, arg: str | None) -> MailFrom:
+        self.check_sequence("MAIL")
+        syntax = replies.SYNTAX_MAIL_EXT if self.extended_smtp else replies.SYNTAX_MAIL
+        arg = paths.strip_keyword("FROM:", arg)
+        if not arg:
+            raise ProtocolError(syntax)
+        path, text = paths.split_path(arg, syntax)
+        if text and not self.extended_smtp:
+            raise ProtocolError(syntax)
+        params = paths.parse_params(text, syntax)
+        rest = dict(params)
+        smtputf8 = False
+        if "SMTPUTF8" in rest and self.config.smtputf8:
+            if rest.pop("SMTPUTF8") is not None:
+                raise ProtocolError(syntax)
+            smtputf8 = True
+        body = rest.pop("BODY", None)
+        if body is not None and (
+            not self.config.eight_bit or body.upper() not in ("7BIT", "8BITMIME")
+        ):
+            raise ProtocolError(replies.BAD_BODY)
+        size_text = rest.pop("SIZE", None)
+        size = None
+        if size_text is not None:
+            if not (size_text.isascii() and size_text.isdigit()):
+                raise ProtocolError(replies.BAD_SIZE)
+            size = int(size_text)
+            limit = self.limits.message_size
+            if limit and size > limit:
+                raise ProtocolError(replies.SIZE_EXCEEDED)
+        if rest:
+            raise ProtocolError(replies.MAIL_PARAMS_UNKNOWN)
+        address = paths.check_mailbox(path, syntax, smtputf8=smtputf8, null_ok=True)
+        return MailFrom(
+            address,
+            params,
+            _options(text),
+            smtputf8,
+            body.upper() if body is not None else None,
+            size,
+        )
+
+    def rcpt(self, arg: str | None) -> RcptTo:
+        self.check_sequence("RCPT")
+        syntax = replies.SYNTAX_RCPT_EXT if self.extended_smtp else replies.SYNTAX_RCPT
+        arg = paths.strip_keyword("TO:", arg)
+        if not arg:
+            raise ProtocolError(syntax)
+        path, text = paths.split_path(arg, syntax)
+        if text and not self.extended_smtp:
+            raise ProtocolError(syntax)
+        params = paths.parse_params(text, syntax)
+        if params:
+            raise ProtocolError(replies.RCPT_PARAMS_UNKNOWN)
+        address = paths.check_mailbox(
+            path, syntax, smtputf8=self.require_SMTPUTF8, postmaster_ok=True
+        )
+        # RFC 5321 4.5.3.1.10: "452 Too many recipients" once the cap is reached.
+        if len(self.rcpttos) >= self.limits.recipients:
+            raise ProtocolError(replies.TOO_MANY_RECIPIENTS)
+        return RcptTo(address, params, _options(text))
+
+    def data(self, arg: str | None) -> DataRequest:
+        self.check_sequence("DATA")
+        if arg:
+            raise ProtocolError(replies.SYNTAX_DATA)
+        return DataRequest()
+
+    def rset(self, arg: str | None) -> Reset:
+        if arg:
+            raise ProtocolError(replies.SYNTAX_RSET)
+        return Reset()
+
+    def noop(self, arg: str | None) -> Noop:
+        if arg:
+            raise ProtocolError(replies.SYNTAX_NOOP)
+        return Noop()
+
+    def vrfy(self, arg: str | None) -> Verify:
+        if not arg:
+            raise ProtocolError(replies.SYNTAX_VRFY)
+        try:
+            path, _ = paths.split_path(arg, replies.SYNTAX_VRFY)
+            paths.check_mailbox(path, replies.SYNTAX_VRFY, smtputf8=True, postmaster_ok=True)
+        except ProtocolError:
+            return Verify(arg, False)
+        return Verify(arg, True)
+
+    def help_reply(self, topic: str | None) -> Reply:
+        if not topic:
+            return replies.HELP
+        text = _HELP_TOPICS.get(topic.upper())
+        if text is None:
+            return replies.HELP_UNKNOWN
+        if self.extended_smtp and topic.upper() in ("MAIL", "RCPT"):
+            text += " [SP <mail-parameters>]"
+        return replies.OK.with_text(text)
+
+    # -- accepted events: the moves of the state table --------------------------
+    def _advance(self, step: Step) -> None:
+        self.phase = state.advance(self.phase, step)
+        if self.phase is Phase.DATA:
+            self.framer.start_data()
+
+    def greet(self, hello: Hello) -> None:
+        """HELO/EHLO accepted; RFC 5321 4.1.4: it resets the transaction."""
+        self.clear_transaction()
+        self.seen_greeting = hello.name
+        self.extended_smtp = hello.extended
+        self._advance(Step.GREET)
+
+    def open_transaction(self, mail: MailFrom) -> None:
+        """MAIL accepted: the transaction is open."""
+        self.mail_from = mail
+        self.mailfrom = mail.address
+        self.mail_options = list(mail.options)
+        self.require_SMTPUTF8 = mail.smtputf8
+        self._advance(Step.MAIL)
+
+    def add_recipient(self, rcpt: RcptTo) -> None:
+        """RCPT accepted."""
+        self.recipients.append(rcpt)
+        self.rcpttos.append(rcpt.address)
+        self.rcpt_options += rcpt.options
+        self._advance(Step.RCPT)
+
+    def start_data(self) -> None:
+        """DATA answered 354: what follows is message text (the framer's
+        switch is part of this move)."""
+        self._advance(Step.DATA)
+
+    def end_transaction(self) -> None:
+        """The received message was answered (or refused): a new one may begin."""
+        self.clear_transaction()
+        self._advance(Step.END)
+
+    def reset(self) -> None:
+        """RSET, or a transaction aborted."""
+        self.clear_transaction()
+        self._advance(Step.RESET)
+
+    def clear_transaction(self) -> None:
+        self.mail_from = None
+        self.mailfrom = None
+        self.mail_options = []
+        self.rcpttos = []
+        self.rcpt_options = []
+        self.recipients = []
+        self.require_SMTPUTF8 = False
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.phase in (Phase.MAIL, Phase.RCPT, Phase.DATA, Phase.RECEIVED)
+
+    # -- replies in, bytes out ---------------------------------------------------
+    def send(self, reply: Reply | str) -> None:
+        """Queue one reply in its wire form (several lines become RFC 5321
+        4.2.1 continuation lines) and count errors as Postfix does."""
+        if isinstance(reply, Reply):
+            first, wire = str(reply.code)[0], reply.to_bytes()
+        else:
+            first, wire = reply[:1], replies.encode_text(reply)
+        if self.closing:
+            return  # 421 was the last word
+        self._out.append(wire)
+        if first == "5":
+            self.errors += 1
+            if self.config.max_errors and self.errors >= self.config.max_errors:
+                self.close(replies.TOO_MANY_ERRORS)
+        elif first == "2":
+            self.errors = 0
+
+    def close(self, reply: Reply) -> None:
+        """Say ``reply`` (a 421) as the session's last word."""
+        if not self.closing:
+            self._out.append(reply.to_bytes())
+            self.closing = True
+
+    def data_to_send(self) -> bytes:
+        """Everything queued since the last call, to be written at once
+        (RFC 2920: the replies of a pipelined batch leave together)."""
+        out, self._out = self._out, []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+
+_PARSERS: dict[str, Callable[[Session, str | None], Event]] = {
+    "HELO": lambda s, arg: s.hello(arg, extended=False),
+    "EHLO": lambda s, arg: s.hello(arg, extended=True),
+    "MAIL": Session.mail,
+    "RCPT": Session.rcpt,
+    "DATA": Session.data,
+    "RSET": Session.rset,
+    "NOOP": Session.noop,
+    "VRFY": Session.vrfy,
+    "EXPN": lambda s, arg: Expand(arg),
+    "HELP": lambda s, arg: Help(arg),
+    "QUIT": lambda s, arg: Quit(),
+}
