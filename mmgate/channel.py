@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from mmgate.hooks import HookResult, Message, Outcome, header_fields
 from mmgate.smtp import replies
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mmgate.smtp")
 T = TypeVar("T")
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 DATA_SIZE_DEFAULT = 33554432
 
@@ -101,8 +104,9 @@ class SMTPChannel(asyncio.Protocol):
                 max_errors=server.max_bad_commands,
             )
         )
-        self._mail: MailFrom | None = None
-        self._rcpt: RcptTo | None = None
+        #: plugins' notes for the whole connection, and for the transaction
+        self.notes: dict[str, Any] = {}
+        self.txn: dict[str, Any] = {}
         self.received_lines: list[str] = []
         self.received_data: str | bytes = ""
         #: The framer's account of the last message (size, long lines, bare
@@ -136,6 +140,11 @@ class SMTPChannel(asyncio.Protocol):
     def data_size_limit(self, size: int | None) -> None:
         self.session.set_message_size(size)
 
+    @property
+    def client_ip(self) -> str:
+        """The client's address, as relay control and plugins judge it."""
+        return str(self.addr[0]) if isinstance(self.addr, tuple) else str(self.addr)
+
     # -- transport events ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have the interface without the base class.
@@ -148,6 +157,21 @@ class SMTPChannel(asyncio.Protocol):
         self._last_activity = loop.time()
         self._arm_idle_timer(loop)
         self.smtp_server._channel_opened(self)
+        hooks = self.smtp_server.hooks
+        if hooks.has("connect"):
+            # The greeting waits for the verdict; what the client sends
+            # meanwhile stays in the buffer (an early talker gains nothing).
+            self._after(hooks.run("connect", self), self._greet_client)
+        else:
+            self._greet_client(None)
+
+    def _greet_client(self, outcome: Outcome | None) -> None:
+        if outcome is not None and outcome.refused and outcome.reply is not None:
+            # RFC 5321 3.1: a server may refuse a client in its greeting.
+            log.info("%s: refused at connect: %s", self._peer_text, outcome.reply)
+            self.session.close(outcome.reply)
+            self.close_when_done()
+            return
         self.push(f"220 {self.fqdn} {self.smtp_server.banner}")
         self._flush()
 
@@ -159,6 +183,9 @@ class SMTPChannel(asyncio.Protocol):
         if not self._busy:
             self._reset_transaction()  # a message in processing ends on its own
         self.smtp_server._channel_closed(self)
+        hooks = self.smtp_server.hooks
+        if hooks.has("disconnect"):
+            self._background(hooks.run("disconnect", self))
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = asyncio.get_running_loop().time()
@@ -250,9 +277,36 @@ class SMTPChannel(asyncio.Protocol):
             self.push(exc.reply)
             return None
 
+    def _after(self, result: HookResult, then: Callable[[Outcome | None], None]) -> None:
+        """Continue with ``then`` once the hooks have spoken; an async hook
+        holds the session (later pipelined commands wait, RFC 2920)."""
+        if inspect.isawaitable(result):
+            self.wait_for(self._finish_hooks(result, then))
+        else:
+            then(result)
+
+    @staticmethod
+    async def _finish_hooks(
+        pending: Awaitable[Outcome | None], then: Callable[[Outcome | None], None]
+    ) -> None:
+        then(await pending)
+
+    @staticmethod
+    def _background(result: HookResult) -> None:
+        """A hook whose verdict does not matter (disconnect, reset)."""
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            _BACKGROUND.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(_BACKGROUND.discard)
+
     def transaction_ended(self) -> None:
         """Called whenever the transaction state is cleared: after a message,
-        on RSET and HELO/EHLO, and when the client leaves; must be idempotent."""
+        on RSET and HELO/EHLO, and when the client leaves; must be idempotent.
+        Runs the ``reset`` hooks and clears the transaction's notes."""
+        hooks = self.smtp_server.hooks
+        if hooks.has("reset") and self.txn:
+            self._background(hooks.run("reset", self))
+        self.txn = {}
 
     def wait_for(self, work: Awaitable[None]) -> None:
         """Hold this session until ``work`` is done, then read on.
@@ -297,23 +351,63 @@ class SMTPChannel(asyncio.Protocol):
             self._end_transaction(event.error)
             return
         server = self.smtp_server
-        raw = event.data
-        if server.data_line_ending == "\n":
-            # smtpd's form: LF line endings, without the final one.
-            raw = raw[:-2].replace(b"\r\n", b"\n")
-        data = raw.decode("utf-8", "surrogateescape") if self._decode_data else raw
-        self.received_data = data
         # The flags and size only: holding the data would keep every
         # connection's last message in memory until its next one.
         self.last_message = dataclasses.replace(event, data=b"")
         self._busy = True
         assert self.mailfrom is not None
-        outcome = server._dispatch_message(
-            self, self.peer, self.mailfrom, list(self.rcpttos), data, event
-        )
+        hooks = server.hooks
+        if hooks.has("data") or hooks.has("data_post") or hooks.has("queue"):
+            outcome: asyncio.Future[Reply | str] = asyncio.ensure_future(self._through_hooks(event))
+        else:
+            outcome = server._dispatch_message(
+                self,
+                self.peer,
+                self.mailfrom,
+                list(self.rcpttos),
+                self._smtpd_data(event.data),
+                event,
+            )
         outcome.add_done_callback(self._on_processed)
         if not outcome.done() and self._transport is not None:
             self._transport.pause_reading()
+
+    def _smtpd_data(self, raw: bytes) -> bytes | str:
+        """The message as process_message takes it (``data_line_ending``,
+        ``decode_data``), also kept as smtpd's ``received_data``."""
+        if self.smtp_server.data_line_ending == "\n":
+            # smtpd's form: LF line endings, without the final one.
+            raw = raw[:-2].replace(b"\r\n", b"\n")
+        data = raw.decode("utf-8", "surrogateescape") if self._decode_data else raw
+        self.received_data = data
+        return data
+
+    async def _through_hooks(self, event: MessageData) -> Reply | str:
+        """data, data_post and queue hooks, then process_message."""
+        hooks = self.smtp_server.hooks
+        assert self.mailfrom is not None
+        message = Message(self.mailfrom, list(self.rcpttos), event.data)
+        for name, arg in (
+            ("data", lambda: header_fields(message.header_block)),
+            ("data_post", lambda: message),
+            ("queue", lambda: message),
+        ):
+            if not hooks.has(name):
+                continue
+            result = hooks.run(name, self, arg())
+            outcome = await result if inspect.isawaitable(result) else result
+            if outcome is None:
+                continue
+            if outcome.refused or name == "queue":
+                return outcome.reply or replies.MESSAGE_ACCEPTED
+        return await self.smtp_server._dispatch_message(
+            self,
+            self.peer,
+            message.mail_from,
+            message.rcpt_tos,
+            self._smtpd_data(message.data),
+            event,
+        )
 
     def _on_processed(self, outcome: asyncio.Future[Reply | str]) -> None:
         self._busy = False
@@ -373,15 +467,26 @@ class SMTPChannel(asyncio.Protocol):
     def smtp_HELO(self, arg: str | None) -> None:
         hello = self._parse(self.session.hello, arg, extended=False)
         if hello is not None:
-            self._greet(hello)
-            self.push(f"250 {self.fqdn}")
+            self._after(self.smtp_server.hooks.run("helo", self, hello), self._helo_done(hello))
 
     def smtp_EHLO(self, arg: str | None) -> None:
         hello = self._parse(self.session.hello, arg, extended=True)
         if hello is not None:
+            self._after(self.smtp_server.hooks.run("helo", self, hello), self._helo_done(hello))
+
+    def _helo_done(self, hello: Hello) -> Callable[[Outcome | None], None]:
+        def done(outcome: Outcome | None) -> None:
+            if outcome is not None and outcome.refused:
+                self.push(outcome.reply or replies.LOCAL_ERROR)
+                return
             self._greet(hello)
+            if not hello.extended:
+                self.push(f"250 {self.fqdn}")
+                return
             lines = [self.fqdn, *self.extensions()]
             self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
+
+        return done
 
     def _greet(self, hello: Hello) -> None:
         self.transaction_ended()
@@ -425,43 +530,41 @@ class SMTPChannel(asyncio.Protocol):
     def smtp_MAIL(self, arg: str | None) -> None:
         mail = self._parse(self.session.mail, arg)
         if mail is not None:
-            self._mail = mail
-            # known to accept_sender's overrides, as smtpd-era code expects
-            self.session.require_SMTPUTF8 = mail.smtputf8
-            self.accept_sender(mail.address, list(mail.options))
+            self._after(self.smtp_server.hooks.run("mail", self, mail), self._mail_done(mail))
 
-    def accept_sender(self, address: str, options: list[str]) -> None:
-        """Open the transaction for a sender whose syntax is valid.
+    def _mail_done(self, mail: MailFrom) -> Callable[[Outcome | None], None]:
+        def done(outcome: Outcome | None) -> None:
+            if outcome is not None and outcome.refused:
+                self.transaction_ended()  # what the hooks began for it ends here
+                self.push(outcome.reply or replies.LOCAL_ERROR)
+                return
+            self.session.open_transaction(mail)
+            self.push((outcome and outcome.reply) or replies.SENDER_OK)
 
-        A subclass may first ask someone else (an upstream, a policy) and
-        push its refusal instead; see :meth:`wait_for` for asking
-        asynchronously.
-        """
-        mail = self._mail
-        if mail is None or mail.address != address:
-            mail = MailFrom(address, options=tuple(options))
-        self.session.open_transaction(mail)
-        self.push(replies.SENDER_OK)
+        return done
 
     def smtp_RCPT(self, arg: str | None) -> None:
         rcpt = self._parse(self.session.rcpt, arg)
         if rcpt is not None:
-            self._rcpt = rcpt
-            self.accept_recipient(rcpt.address, list(rcpt.options))
+            self._after(self.smtp_server.hooks.run("rcpt", self, rcpt), self._rcpt_done(rcpt))
 
-    def accept_recipient(self, address: str, options: list[str]) -> None:
-        """Add a recipient whose syntax is valid; a gateway decides here.
+    def _rcpt_done(self, rcpt: RcptTo) -> Callable[[Outcome | None], None]:
+        def done(outcome: Outcome | None) -> None:
+            if outcome is not None and outcome.refused:
+                log.info("%s: RCPT %s refused: %s", self._peer_text, rcpt.address, outcome.reply)
+                self.push(outcome.reply or replies.LOCAL_ERROR)
+                return
+            self.session.add_recipient(rcpt)
+            self.push((outcome and outcome.reply) or replies.RECIPIENT_OK)
 
-        The base channel takes every syntactically valid address, as smtpd did.
-        A subclass may refuse one instead by pushing its own reply.
-        """
-        rcpt = self._rcpt
-        if rcpt is None or rcpt.address != address:
-            rcpt = RcptTo(address, options=tuple(options))
-        self.session.add_recipient(rcpt)
-        self.push(replies.RECIPIENT_OK)
+        return done
 
     def smtp_DATA(self, arg: str | None) -> None:
-        if self._parse(self.session.data, arg) is not None:
-            self.session.start_data()
-            self.push(replies.START_DATA)
+        if self._parse(self.session.data, arg) is None:
+            return
+        refusal = self.smtp_server.data_refusal(self)
+        if refusal is not None:
+            self.push(refusal)
+            return
+        self.session.start_data()
+        self.push(replies.START_DATA)

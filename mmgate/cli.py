@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from mmgate import config
 from mmgate._version import __version__
 from mmgate.debugging import DebuggingServer
+from mmgate.plugins import load as load_plugins
 from mmgate.proxy import PureProxy
 from mmgate.runtime import LoopChoiceError, loop_factory
 from mmgate.server import SMTPServer, loop
@@ -315,6 +316,7 @@ def run_serve(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     settings = load_settings(args, listen_flag=args.listen)
     loop_factory()
+    plugins = load_plugins(settings.plugins)
     settings.prepare()
     try:
         server = MailmanProxy(
@@ -325,6 +327,7 @@ def run_serve(argv: Sequence[str]) -> int:
             relay_policy=settings.policy,
             refresh_interval=settings.refresh_interval,
             stale_after=settings.stale_after,
+            plugins=plugins,
         )
     except MailmanUnavailable as exc:
         raise UsageError(f"Mailman cannot be used: {exc}") from None
@@ -351,6 +354,23 @@ def run_serve(argv: Sequence[str]) -> int:
         if api is not None:
             api.terminate()
             api.wait(30)
+    return 0
+
+
+def run_plugins(argv: Sequence[str]) -> int:
+    from mmgate.hooks import HookChain
+
+    parser = _Parser(
+        prog="mmgate plugins", description="The plugins the configuration loads, in order."
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    args = parser.parse_args(argv)
+    settings = load_settings({"config": args.config})
+    chain = HookChain(load_plugins(settings.plugins))
+    if not chain.plugins:
+        print("no plugins configured ([[plugins]] tables in the --config file)")
+    for n, (name, hooks) in enumerate(chain.describe(), 1):
+        print(f"{n}. {name}: {' '.join(hooks) or '(no hooks)'}")
     return 0
 
 
@@ -520,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "route": run_route,
         "debug": run_debug,
         "smtpd": run_smtpd,
+        "plugins": run_plugins,
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(
@@ -528,7 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  api      the admin HTTP API under gunicorn (serve starts it too)\n"
             "  route    what the gateway would do with an address\n"
             "  debug    show every message and its routes; --lab for a list round trip\n"
-            "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)"
+            "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)\n"
+            "  plugins  the plugins the configuration loads, in order"
         )
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):

@@ -60,7 +60,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class ConfigFile:
     path: str | None
-    data: Mapping[str, Mapping[str, Any]]
+    data: Mapping[str, Any]
 
     def get(self, section: str, key: str) -> Any:
         return self.data.get(section, {}).get(key)
@@ -81,10 +81,12 @@ def read_config(path: str | None) -> ConfigFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for section, table in data.items():
+        if section == "plugins":
+            _check_plugins(path, table)
+            continue
         if section not in SCHEMA:
-            raise ConfigError(
-                f"{path}: [{section}]: unknown section (known: {', '.join(sorted(SCHEMA))})"
-            )
+            known = ", ".join(sorted([*SCHEMA, "plugins"]))
+            raise ConfigError(f"{path}: [{section}]: unknown section (known: {known})")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section}: must be a table ([{section}])")
         for key, value in table.items():
@@ -98,6 +100,39 @@ def read_config(path: str | None) -> ConfigFile:
             if not ok:
                 raise ConfigError(f"{path}: {section}.{key}: must be {what}")
     return ConfigFile(path, data)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One ``[[plugins]]`` table: a name (an entry point of the
+    ``mmgate.plugins`` group, or ``module:Class``) and its options."""
+
+    name: str
+    options: Mapping[str, Any]
+    where: str  #: "FILE: plugins[N]", for error lines
+
+
+def _check_plugins(path: str, tables: Any) -> None:
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: plugins: must be [[plugins]] tables")
+    for n, table in enumerate(tables):
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}: plugins[{n}].name: must be a plugin name")
+        options = table.get("options", {})
+        if not isinstance(options, dict):
+            raise ConfigError(f"{path}: plugins[{n}].options: must be a table")
+
+
+def plugin_specs(config: ConfigFile) -> tuple[PluginSpec, ...]:
+    """The configured plugins, in order. Options are the table's other keys
+    (or an ``options`` table)."""
+    specs = []
+    for n, table in enumerate(config.data.get("plugins", [])):
+        options = {k: v for k, v in table.items() if k not in ("name", "options")}
+        options.update(table.get("options", {}))
+        specs.append(PluginSpec(table["name"], options, f"{config.path}: plugins[{n}]"))
+    return tuple(specs)
 
 
 def hostport(text: str, *, where: str) -> tuple[str, int]:

@@ -22,57 +22,63 @@ from typing import Any
 
 from mmgate.channel import SMTPChannel
 from mmgate.config import STALE_AFTER
+from mmgate.hooks import HookResult
 from mmgate.mailman.backend import MailmanBackend, Staged
 from mmgate.mailman.directory import Directory
 from mmgate.mailman.embedded import ensure_home
 from mmgate.mailman.local import LocalMailman
 from mmgate.mailman.remote import DeliveryFailed
 from mmgate.mailman.routing import Route, RouteKind, Snapshot, classify
-from mmgate.proxy import PureProxy, RelayChannel, client_ip, wire_form
+from mmgate.proxy import PureProxy, RelaySteps, refusal, wire_form
 from mmgate.relay.trace import new_id
+from mmgate.relay.upstream import RelayTransaction
 from mmgate.router import Action, Router
 from mmgate.server import ProcessResult, current_channel
 from mmgate.smtp import replies
+from mmgate.smtp.events import MailFrom, RcptTo
 from mmgate.smtp.replies import Reply
 from mmgate.store import Recorder, Store
 
 log = logging.getLogger("mmgate.gateway")
 
 
-class MailmanChannel(RelayChannel):
-    """A session whose recipients are routed at RCPT time."""
+class GatewaySteps:
+    """MailmanProxy's own steps on the hook chain: the router on ``rcpt``
+    (list, reject, paused, stale, or the relay), the upstream opened only
+    when a recipient is relayed. Delivery is the queue step,
+    :meth:`MailmanProxy.process_message`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.routes: dict[str, Route] = {}
+    name = "gateway"
 
-    def accept_sender(self, address: str, options: list[str]) -> None:
-        server = self.smtp_server
-        assert isinstance(server, MailmanProxy)
-        # The upstream is opened only if a recipient is relayed.
-        self.relay = server.new_transaction(address, options, smtputf8=self.require_SMTPUTF8)
-        SMTPChannel.accept_sender(self, address, options)
+    def __init__(self, server: MailmanProxy) -> None:
+        self.server = server
 
-    def accept_recipient(self, address: str, options: list[str]) -> None:
-        server = self.smtp_server
-        assert isinstance(server, MailmanProxy)
-        decision = server.router.decide(address, client=client_ip(self))
+    def hook_mail(self, ctx: SMTPChannel, mail: MailFrom) -> None:
+        relay = self.server.new_transaction(
+            mail.address, list(mail.options), smtputf8=mail.smtputf8
+        )
+        if relay is not None:
+            ctx.txn["relay"] = relay
+        ctx.txn["routes"] = {}
+
+    def hook_rcpt(self, ctx: SMTPChannel, rcpt: RcptTo) -> HookResult:
+        server = self.server
+        decision = server.router.decide(rcpt.address, client=ctx.client_ip)
         if decision.reply is not None:
             if server.recorder is not None:
                 server.recorder.count(f"recipients_refused:{decision.reply.code}")
-            log.info("%s: RCPT %s refused: %s", client_ip(self), address, decision.reply)
-            self.push(decision.reply)
-        elif decision.action is Action.LIST:
-            self.routes[address] = decision.route
-            SMTPChannel.accept_recipient(self, address, options)
-        else:
-            # decide() has applied relay control already: straight to the upstream.
-            assert self.relay is not None
-            self.wait_for(self._relay_recipient(self.relay, address, options))
+            return refusal(decision.reply)
+        if decision.action is Action.LIST:
+            ctx.txn.setdefault("routes", {})[rcpt.address] = decision.route
+            return None
+        # The router applied relay control already: straight to the upstream.
+        relay: RelayTransaction = ctx.txn["relay"]
+        return RelaySteps.relay_recipient(relay, rcpt.address)
 
-    def transaction_ended(self) -> None:
-        super().transaction_ended()
-        self.routes = {}
+    def hook_reset(self, ctx: SMTPChannel) -> None:
+        relay: RelayTransaction | None = ctx.txn.pop("relay", None)
+        if relay is not None:
+            relay.release()
 
 
 class MailmanProxy(PureProxy):
@@ -84,7 +90,6 @@ class MailmanProxy(PureProxy):
     stops the constructor with :class:`~mmgate.mailman.local.MailmanUnavailable`.
     """
 
-    channel_class: type[SMTPChannel] = MailmanChannel
     data_line_ending = "\r\n"
 
     def __init__(
@@ -118,6 +123,9 @@ class MailmanProxy(PureProxy):
         )
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
         self.router.policy = self.relay_policy
+
+    def final_hooks(self) -> list[object]:
+        return [GatewaySteps(self)]
 
     def _publish(self, snapshot: Snapshot) -> None:
         self.router.snapshot = snapshot
@@ -154,7 +162,7 @@ class MailmanProxy(PureProxy):
             self.recorder.stop()
 
     def routes_for(self, channel: SMTPChannel | None, rcpttos: list[str]) -> list[Route]:
-        known = getattr(channel, "routes", {})
+        known: dict[str, Route] = channel.txn.get("routes", {}) if channel else {}
         routes = [known.get(r) or classify(r, self.router.snapshot) for r in rcpttos]
         return [r for r in routes if r.kind is RouteKind.LIST]
 
@@ -163,7 +171,7 @@ class MailmanProxy(PureProxy):
     ) -> ProcessResult:
         channel = current_channel.get(None)
         routes = self.routes_for(channel, rcpttos)
-        relay = getattr(channel, "relay", None)
+        relay: RelayTransaction | None = channel.txn.get("relay") if channel else None
         relayed = list(relay.recipients) if relay is not None else []
         queue_id = new_id()
         message = self.trace_header(channel, rcpttos, queue_id) + wire_form(

@@ -14,18 +14,16 @@ import logging
 from typing import Any
 
 from mmgate.channel import SMTPChannel
+from mmgate.hooks import HookResult, Outcome
 from mmgate.relay import replies as relay_replies
 from mmgate.relay.policy import RelayPolicy, relay_refusal
 from mmgate.relay.trace import insert_x_peer, new_id, protocol_keyword, received_header
 from mmgate.relay.upstream import ClientTimeouts, RelayTransaction, UpstreamPool
 from mmgate.server import ProcessResult, SMTPServer, current_channel
+from mmgate.smtp.events import MailFrom, RcptTo
 from mmgate.smtp.replies import Reply
 
 log = logging.getLogger("mmgate.relay")
-
-
-def client_ip(channel: SMTPChannel) -> str:
-    return str(channel.addr[0]) if isinstance(channel.addr, tuple) else str(channel.addr)
 
 
 def wire_form(data: bytes | str, line_ending: str) -> bytes:
@@ -38,75 +36,66 @@ def wire_form(data: bytes | str, line_ending: str) -> bytes:
     return raw
 
 
-class RelayChannel(SMTPChannel):
-    """A channel that mirrors its transaction upstream as it happens."""
+def refusal(reply: Reply) -> Outcome:
+    """A refusing hook outcome for a reply of either class."""
+    return Outcome("reject" if reply.code >= 500 else "defer", reply)
 
-    relay: RelayTransaction | None = None
 
-    def accept_sender(self, address: str, options: list[str]) -> None:
-        server = self.smtp_server
-        assert isinstance(server, PureProxy)
-        self.relay = server.new_transaction(address, options, smtputf8=self.require_SMTPUTF8)
-        if self.relay is not None and server.relay_policy.client_may_relay(client_ip(self)):
+class RelaySteps:
+    """PureProxy's own steps on the hook chain: the client's transaction is
+    mirrored upstream as it happens (see mmgate.relay.upstream)."""
+
+    name = "relay"
+
+    def __init__(self, server: PureProxy) -> None:
+        self.server = server
+
+    def hook_mail(self, ctx: SMTPChannel, mail: MailFrom) -> HookResult:
+        server = self.server
+        relay = server.new_transaction(mail.address, list(mail.options), smtputf8=mail.smtputf8)
+        if relay is None:
+            return None
+        ctx.txn["relay"] = relay
+        if server.relay_policy.client_may_relay(ctx.client_ip):
             # A trusted client: MAIL goes upstream now, so the upstream's
             # verdict on the sender is the answer to MAIL. Anyone else opens
             # upstream only at a RCPT the policy permits: a client that may
             # not relay never makes mmgate send anything upstream.
-            self.wait_for(self._open_upstream(address, options))
-        else:
-            super().accept_sender(address, options)
+            return self._open(relay)
+        return None
 
-    async def _open_upstream(self, address: str, options: list[str]) -> None:
-        assert self.relay is not None
-        failure = await self.relay.open()
-        if failure is not None:
-            self.transaction_ended()
-            self.push(failure)
-            return
-        super().accept_sender(address, options)
+    @staticmethod
+    async def _open(relay: RelayTransaction) -> Outcome | None:
+        failure = await relay.open()
+        return None if failure is None else refusal(failure)
 
-    def accept_recipient(self, address: str, options: list[str]) -> None:
-        server = self.smtp_server
-        assert isinstance(server, PureProxy)
-        refusal = relay_refusal(
-            server.relay_policy,
-            upstream=self.relay is not None,
-            client=client_ip(self),
-            recipient=address,
+    def hook_rcpt(self, ctx: SMTPChannel, rcpt: RcptTo) -> HookResult:
+        relay: RelayTransaction | None = ctx.txn.get("relay")
+        denied = relay_refusal(
+            self.server.relay_policy,
+            upstream=relay is not None,
+            client=ctx.client_ip,
+            recipient=rcpt.address,
         )
-        if refusal is not None or self.relay is None:
-            log.info("%s: relay to %s refused: %s", client_ip(self), address, refusal)
-            self.push(refusal or relay_replies.RELAY_NOT_CONFIGURED)
-            return
-        self.wait_for(self._relay_recipient(self.relay, address, options))
+        if denied is not None or relay is None:
+            return refusal(denied or relay_replies.RELAY_NOT_CONFIGURED)
+        return self.relay_recipient(relay, rcpt.address)
 
-    async def _relay_recipient(
-        self, relay: RelayTransaction, address: str, options: list[str]
-    ) -> None:
+    @staticmethod
+    async def relay_recipient(relay: RelayTransaction, address: str) -> Outcome | None:
+        """The upstream's verdict on one recipient is the client's."""
         reply = await relay.rcpt(address)
-        if reply.is_success:
-            super().accept_recipient(address, options)
-        else:
-            self.push(reply)
+        return None if reply.is_success else refusal(reply)
 
-    def smtp_DATA(self, arg: str | None) -> None:
-        # The upstream lost recipients it had accepted: the message cannot
-        # reach all of them, so refuse it now rather than after its text.
-        if not arg and self.relay is not None and self.relay.broken is not None:
-            self.push(self.relay.broken)
-            return
-        super().smtp_DATA(arg)
-
-    def transaction_ended(self) -> None:
-        if self.relay is not None:
-            self.relay.release()
-            self.relay = None
+    def hook_reset(self, ctx: SMTPChannel) -> None:
+        relay: RelayTransaction | None = ctx.txn.pop("relay", None)
+        if relay is not None:
+            relay.release()
 
 
 class PureProxy(SMTPServer):
     """Relays everything it accepts to ``remoteaddr`` (smtpd's PureProxy)."""
 
-    channel_class: type[SMTPChannel] = RelayChannel
     #: Add smtpd's ``X-Peer:`` header after the message's headers.
     add_x_peer = False
 
@@ -131,6 +120,15 @@ class PureProxy(SMTPServer):
                 timeouts=client_timeouts,
             )
 
+    def final_hooks(self) -> list[object]:
+        return [RelaySteps(self)]
+
+    def data_refusal(self, channel: SMTPChannel) -> Reply | None:
+        # The upstream lost recipients it had accepted: the message cannot
+        # reach all of them, so refuse it now rather than after its text.
+        relay: RelayTransaction | None = channel.txn.get("relay")
+        return relay.broken if relay is not None else None
+
     def new_transaction(
         self, sender: str, options: list[str], *, smtputf8: bool
     ) -> RelayTransaction | None:
@@ -150,7 +148,7 @@ class PureProxy(SMTPServer):
             return b""
         return received_header(
             helo=channel.seen_greeting,
-            client_ip=client_ip(channel),
+            client_ip=channel.client_ip,
             by=self.fqdn,
             protocol=protocol_keyword(
                 extended=channel.extended_smtp, smtputf8=channel.require_SMTPUTF8
@@ -163,9 +161,9 @@ class PureProxy(SMTPServer):
         self, peer: Any, mailfrom: str, rcpttos: list[str], data: bytes | str, **kwargs: Any
     ) -> ProcessResult:
         channel = current_channel.get(None)
-        relay = getattr(channel, "relay", None)
+        relay: RelayTransaction | None = channel.txn.get("relay") if channel else None
         if relay is None or not relay.is_open:
-            # Called outside a RelayChannel (a custom channel_class, or code
+            # Called outside a session of ours (a custom channel_class, or code
             # calling it directly): run the whole upstream transaction now.
             relay = self.new_transaction(
                 mailfrom,

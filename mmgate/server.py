@@ -19,12 +19,13 @@ import re
 import signal
 import socket
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from mmgate import runtime
 from mmgate._version import __version__
 from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
+from mmgate.hooks import HookChain
 from mmgate.networks import LOOPBACK, Network, in_networks
 from mmgate.smtp import replies
 from mmgate.smtp.framing import BareLinePolicy, MessageData
@@ -146,6 +147,7 @@ class SMTPServer:
         shutdown_timeout: float = 30.0,
         fqdn: str | None = None,
         backlog: int = 1024,
+        plugins: Sequence[object] = (),
     ) -> None:
         if enable_SMTPUTF8 and decode_data:
             raise ValueError(
@@ -164,6 +166,8 @@ class SMTPServer:
         self.max_bad_commands = max_bad_commands
         self.shutdown_timeout = shutdown_timeout
         self.fqdn = fqdn or _default_fqdn()
+        self.hooks = HookChain()
+        self.set_plugins(plugins)
         self.shutting_down = False
         self._channels: set[SMTPChannel] = set()
         self._per_client: Counter[str] = Counter()
@@ -182,7 +186,25 @@ class SMTPServer:
             return host, port
         return self._localaddr
 
-    # -- the hook --------------------------------------------------------
+    # -- the hooks -------------------------------------------------------
+    def final_hooks(self) -> list[object]:
+        """The server's own steps, run after the plugins' (see mmgate.hooks):
+        none here, so every valid command is accepted as smtpd accepted it."""
+        return []
+
+    def set_plugins(self, plugins: Sequence[object]) -> None:
+        """Replace the plugins; sessions pick the new chain at their next step.
+        A plugin with an ``attach(server)`` method is given the server first."""
+        for plugin in plugins:
+            attach = getattr(plugin, "attach", None)
+            if attach is not None:
+                attach(self)
+        self.hooks = HookChain(plugins, self.final_hooks())
+
+    def data_refusal(self, channel: SMTPChannel) -> Reply | None:
+        """A reply to refuse the DATA command with, or None to answer 354."""
+        return None
+
     def process_message(
         self, peer: Any, mailfrom: str, rcpttos: list[str], data: bytes | str, **kwargs: Any
     ) -> ProcessResult | Awaitable[ProcessResult]:

@@ -70,6 +70,8 @@ class GatewaySettings:
     api_token: str | None = None
     api_bind: str = DEFAULT_API_BIND
     api_workers: int = 2
+    #: the ``[[plugins]]`` tables, in order (built by mmgate.plugins.load)
+    plugins: tuple[config.PluginSpec, ...] = ()
 
     @property
     def mailman_config_path(self) -> Path:
@@ -164,6 +166,7 @@ def load(
         api_token=token or None,
         api_bind=api_bind,
         api_workers=int(workers or 2),
+        plugins=config.plugin_specs(cfg),
     )
 
 

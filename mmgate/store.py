@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     create_engine,
     delete,
     event,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 log = logging.getLogger("mmgate.store")
 
@@ -67,6 +69,13 @@ pauses = Table(
     metadata,
     Column("list_id", String(600), primary_key=True),
     Column("since", Float, nullable=False),
+)
+ratelimits = Table(
+    "mmgate_ratelimit",
+    metadata,
+    Column("key", String(700), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated", Float, nullable=False),
 )
 control = Table(
     "mmgate_control",
@@ -143,6 +152,40 @@ class Store:
     def heartbeat(self) -> None:
         with self._begin() as conn:
             self._set(conn, "smtp_heartbeat", time.time())
+
+    def take(self, key: str, capacity: float, per_second: float, now: float | None = None) -> bool:
+        """Take one token from the bucket ``key`` (``capacity`` tokens, refilled
+        at ``per_second``); False when it is empty.
+
+        One conditional UPDATE does the refill and the take, so gateways
+        sharing the store cannot both spend the last token.
+        """
+        now = time.time() if now is None else now
+        refill = ratelimits.c.tokens + (now - ratelimits.c.updated) * per_second
+        level = case((refill > capacity, capacity), else_=refill)
+        for _ in range(2):
+            with self._begin() as conn:
+                taken = conn.execute(
+                    update(ratelimits)
+                    .where(ratelimits.c.key == key, level >= 1)
+                    .values(tokens=level - 1, updated=now)
+                ).rowcount
+                if taken:
+                    return True
+                known = conn.execute(
+                    select(ratelimits.c.key).where(ratelimits.c.key == key)
+                ).first()
+            if known is not None:
+                return False
+            try:
+                with self._begin() as conn:
+                    conn.execute(
+                        insert(ratelimits).values(key=key, tokens=capacity - 1, updated=now)
+                    )
+                return True
+            except IntegrityError:
+                continue  # another gateway made it first: take from it
+        return False
 
     # -- both sides --------------------------------------------------------
     def paused(self) -> dict[str, float]:

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mmgate"
 #: what each part may never import (statically, at any depth of the code)
 FORBIDDEN = {
     "mmgate.smtp": ("mmgate.",),  # below everything: only mmgate.smtp itself
+    "mmgate.hooks": ("mmgate.",),
     "mmgate.config": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.settings": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.router": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
@@ -31,7 +32,7 @@ FORBIDDEN = {
         "mmgate.debug",
     ),
 }
-ALLOWED = {"mmgate.smtp": ("mmgate.smtp",)}
+ALLOWED = {"mmgate.smtp": ("mmgate.smtp",), "mmgate.hooks": ("mmgate.smtp",)}
 
 
 def _module_name(path: Path) -> str:

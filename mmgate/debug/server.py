@@ -24,10 +24,10 @@ from typing import Any, TextIO
 from mmgate.channel import SMTPChannel
 from mmgate.debug.render import Seen, render_json, render_text
 from mmgate.gateway import MailmanProxy
-from mmgate.proxy import client_ip, wire_form
+from mmgate.proxy import wire_form
 from mmgate.relay.trace import new_id
-from mmgate.router import Decision
 from mmgate.server import ProcessResult, current_channel
+from mmgate.smtp.events import RcptTo
 from mmgate.smtp.framing import BareLinePolicy
 from mmgate.smtp.limits import Limits
 from mmgate.smtp.replies import Reply
@@ -35,25 +35,22 @@ from mmgate.smtp.replies import Reply
 log = logging.getLogger("mmgate.debug")
 
 
-class DebugChannel(SMTPChannel):
-    """Accepts every syntactically valid recipient, noting the gateway's verdict."""
+class DebugSteps:
+    """Accepts every syntactically valid recipient, noting the router's verdict."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.decisions: list[Decision] = []
+    name = "debug"
 
-    def accept_recipient(self, address: str, options: list[str]) -> None:
-        server = self.smtp_server
-        assert isinstance(server, DebugServer)
-        self.decisions.append(server.router.decide(address, client=client_ip(self)))
-        super().accept_recipient(address, options)
+    def __init__(self, server: DebugServer) -> None:
+        self.server = server
 
-    def transaction_ended(self) -> None:
-        self.decisions = []
+    def hook_rcpt(self, ctx: SMTPChannel, rcpt: RcptTo) -> None:
+        decision = self.server.router.decide(rcpt.address, client=ctx.client_ip)
+        ctx.txn.setdefault("decisions", []).append(decision)
 
 
 class DebugServer(MailmanProxy):
-    channel_class: type[SMTPChannel] = DebugChannel
+    def final_hooks(self) -> list[object]:
+        return [DebugSteps(self)]
 
     def __init__(
         self,
@@ -84,7 +81,7 @@ class DebugServer(MailmanProxy):
         self, peer: Any, mailfrom: str, rcpttos: list[str], data: bytes | str, **kwargs: Any
     ) -> ProcessResult:
         channel = current_channel.get(None)
-        decisions = list(getattr(channel, "decisions", [])) or [
+        decisions = list(channel.txn.get("decisions", []) if channel else []) or [
             self.router.decide(r, client=str(peer[0])) for r in rcpttos
         ]
         raw = wire_form(data, self.data_line_ending)

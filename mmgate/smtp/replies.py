@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 _CODE_PREFIX = re.compile(r"[2-5][0-9][0-9](?:[ -]|$)")
+_REPLY_TEXT = re.compile(r"([2-5][0-9][0-9])(?: ([2-5]\.[0-9]{1,3}\.[0-9]{1,3}))?(?: (.*))?", re.S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,22 @@ class Reply:
     @property
     def is_temporary(self) -> bool:
         return 400 <= self.code < 500
+
+    @classmethod
+    def parse(cls, text: str, *, default_status: str | None = None) -> Reply:
+        """``"550 5.7.1 Go away"`` as a Reply; without an enhanced code the
+        class of ``default_status`` (or ``X.0.0``) is used. ValueError if
+        ``text`` does not start with a reply code."""
+        m = _REPLY_TEXT.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(f"not an SMTP reply: {text!r}")
+        code = int(m.group(1))
+        status = m.group(2)
+        if status is None or status[0] != m.group(1)[0]:
+            klass = m.group(1)[0]
+            status = default_status if default_status and default_status[0] == klass else None
+            status = status or f"{klass}.0.0"
+        return cls(code, status, m.group(3) or "")
 
     def with_text(self, text: str) -> Reply:
         """The same code and status with another text (a name, a limit)."""
