@@ -151,6 +151,10 @@ class LocalMailman:
         """Run ``fn`` on the Mailman thread and wait (for tools and tests)."""
         return self._model.submit(fn).result()
 
+    async def call_async(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the Mailman thread without blocking the event loop."""
+        return await self._run(self._model, fn)
+
     # -- the queues ------------------------------------------------------
     async def stage(
         self,
