@@ -416,7 +416,8 @@ class SMTPChannel(asyncio.Protocol):
 
     def _end_transaction(self, reply: Reply | str) -> None:
         self.transaction_ended()
-        self.session.end_transaction()
+        accepted = reply.is_success if isinstance(reply, Reply) else reply[:1] == "2"
+        self.session.end_transaction(accepted=accepted)
         self.received_data = ""
         self.push(reply)
         if self.smtp_server.shutting_down and not self._closing:

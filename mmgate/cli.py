@@ -345,6 +345,11 @@ def run_serve(argv: Sequence[str]) -> int:
         len(snap.domains),
         f"{settings.upstream[0]}:{settings.upstream[1]}" if settings.upstream else "not configured",
     )
+    if settings.upstream is None:
+        logging.getLogger("mmgate").warning(
+            "no relay configured: mail to other domains from trusted clients (Mailman's copies "
+            "to members) is deferred with 451 4.3.5 until --relay HOST:PORT is set"
+        )
     api = None
     if not (args.no_api or args.no_store or settings.store_url is None):
         api = _api_beside(settings, args)

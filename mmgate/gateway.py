@@ -29,7 +29,8 @@ from mmgate.mailman.embedded import ensure_home
 from mmgate.mailman.local import LocalMailman
 from mmgate.mailman.remote import DeliveryFailed
 from mmgate.mailman.routing import Route, RouteKind, Snapshot, classify
-from mmgate.proxy import PureProxy, RelaySteps, refusal, wire_form
+from mmgate.proxy import PureProxy, RelaySteps, log_no_relay, refusal, wire_form
+from mmgate.relay import replies as relay_replies
 from mmgate.relay.trace import new_id
 from mmgate.relay.upstream import RelayTransaction
 from mmgate.router import Action, Router
@@ -67,6 +68,8 @@ class GatewaySteps:
         if decision.reply is not None:
             if server.recorder is not None:
                 server.recorder.count(f"recipients_refused:{decision.reply.code}")
+            if decision.reply is relay_replies.RELAY_NOT_CONFIGURED_YET:
+                log_no_relay(rcpt.address)
             return refusal(decision.reply)
         if decision.action is Action.LIST:
             ctx.txn.setdefault("routes", {})[rcpt.address] = decision.route

@@ -36,6 +36,14 @@ def wire_form(data: bytes | str, line_ending: str) -> bytes:
     return raw
 
 
+def log_no_relay(address: str) -> None:
+    log.warning(
+        "RCPT %s deferred (451 4.3.5): no relay is configured; set --relay HOST:PORT "
+        "or [relay] upstream so mail to other domains (Mailman's copies to members) can leave",
+        address,
+    )
+
+
 def refusal(reply: Reply) -> Outcome:
     """A refusing hook outcome for a reply of either class."""
     return Outcome("reject" if reply.code >= 500 else "defer", reply)
@@ -78,7 +86,10 @@ class RelaySteps:
             recipient=rcpt.address,
         )
         if denied is not None or relay is None:
-            return refusal(denied or relay_replies.RELAY_NOT_CONFIGURED)
+            reply = denied or relay_replies.RELAY_NOT_CONFIGURED
+            if reply is relay_replies.RELAY_NOT_CONFIGURED_YET:
+                log_no_relay(rcpt.address)
+            return refusal(reply)
         return self.relay_recipient(relay, rcpt.address)
 
     @staticmethod

@@ -148,6 +148,7 @@ class SMTPServer:
         fqdn: str | None = None,
         backlog: int = 1024,
         plugins: Sequence[object] = (),
+        per_client_exempt: Sequence[Network] | None = None,
     ) -> None:
         if enable_SMTPUTF8 and decode_data:
             raise ValueError(
@@ -166,6 +167,9 @@ class SMTPServer:
         self.max_bad_commands = max_bad_commands
         self.shutdown_timeout = shutdown_timeout
         self.fqdn = fqdn or _default_fqdn()
+        self.backlog = backlog
+        if per_client_exempt is not None:
+            self.per_client_exempt = tuple(per_client_exempt)
         self.hooks = HookChain()
         self.set_plugins(plugins)
         self.shutting_down = False
@@ -310,7 +314,10 @@ class SMTPServer:
             raise RuntimeError("server is closed")
         if self._aserver is None:
             loop = asyncio.get_running_loop()
-            self._aserver = await loop.create_server(lambda: _Acceptor(self), sock=self._socket)
+            # create_server listens again, with its own backlog of 100 unless told.
+            self._aserver = await loop.create_server(
+                lambda: _Acceptor(self), sock=self._socket, backlog=self.backlog
+            )
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop gracefully: no new connections; 421 to idle sessions; let

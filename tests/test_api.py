@@ -138,6 +138,13 @@ def test_bad_paging_is_400(api, query):
     assert api.simulate_get("/v1/messages", params=query, headers=AUTH).status_code == 400
 
 
+@pytest.mark.parametrize("limit", ["\u00b2", "\u0663", "-1", "0", "1001", "ten"])
+def test_a_limit_that_is_not_an_ascii_number_in_range_is_400(api, limit):
+    got = api.simulate_get("/v1/messages", params={"limit": limit}, headers=AUTH)
+    assert got.status_code == 400
+    assert got.json["description"] == "limit must be a whole number 1..1000"
+
+
 def test_messages_are_newest_first_paged_and_filtered(api, store_url):
     store = Store(store_url)
     store.apply(

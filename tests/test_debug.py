@@ -70,7 +70,10 @@ def test_plain_message_shows_envelope_routes_and_smtpd_format(mm):
         "<nolist@example.com>        reject 550 5.1.1 No such list or address here: "
         "nolist@example.com"
     ) in text
-    assert "<bob@elsewhere.example>     reject 550 5.7.1 Relaying is not configured here" in text
+    assert (
+        "<bob@elsewhere.example>     reject 451 4.3.5 Relaying is not configured here yet"
+        in text
+    )
     assert text.endswith(
         "---------- MESSAGE FOLLOWS ----------\nFrom: alice@example.org\nSubject: plain\n"
         "X-Peer: 127.0.0.1\n\nLine one.\nLine two.\n------------ END MESSAGE ------------\n"

@@ -130,8 +130,15 @@ def test_unknown_address_in_a_mailman_domain_is_550_5_1_1_at_rcpt(mm, address):
     assert not any(mm.drain_all().values())
 
 
-def test_other_domain_without_upstream_is_550_5_7_1(mm):
-    with gateway(mm) as (_, c):
+def test_other_domain_without_upstream_is_451_for_trusted_and_550_for_others(mm, caplog):
+    with caplog.at_level("WARNING", "mmgate.relay"), gateway(mm) as (_, c):
+        # Mailman's own copies to members come from here: they must wait, not bounce
+        assert transaction(c, ["bob@elsewhere.example"])[1] == (
+            451,
+            "4.3.5 Relaying is not configured here yet (mmgate serve --relay HOST:PORT)",
+        )
+    assert any("set --relay HOST:PORT" in r.getMessage() for r in caplog.records)
+    with gateway(mm, relay_policy=RelayPolicy(networks=())) as (_, c):
         assert transaction(c, ["bob@elsewhere.example"])[1] == (
             550,
             "5.7.1 Relaying is not configured here",

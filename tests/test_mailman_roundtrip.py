@@ -70,6 +70,10 @@ ADDRESSES = [
     "test-unsubscribe@example.com",
     "test-owner@example.com",
     "test-bounces+a=b.org@example.com",
+    # VERP of a long member address: a local part over 64 octets
+    "test-bounces+first.middle.last.name=department.university.example.edu@example.com",
+    # an SRS address (forwarded mail) in a list domain: no such list
+    "SRS0=HHH=TT=example.org=someone.with.a.rather.long.name.indeed@example.com",
     "test-confirm+c0ffee@example.com",
     "test+verp@example.com",
     "foo-bar@example.com",
@@ -147,6 +151,8 @@ def test_same_verdicts_and_same_queue_entries_as_mailmans_lmtp_runner(mm, lmtp_r
 
     # Mailman answers 550 after DATA only; mmgate at RCPT: the same verdicts.
     assert gateway_verdicts == lmtp_verdicts
-    assert lmtp_verdicts.count(550) == 3
+    assert lmtp_verdicts.count(550) == 4
+    long_verp = next(a for a in ADDRESSES if a.startswith("test-bounces+first"))
+    assert len(long_verp.partition("@")[0]) > 64 and long_verp in accepted
     assert gateway_entries == lmtp_entries
     assert len(gateway_entries) == len(accepted)

@@ -225,7 +225,11 @@ def test_no_upstream_configured_means_relaying_is_refused():
         c.reply()
         c.cmd("EHLO a")
         assert c.cmd("MAIL FROM:<a@example.com>")[0] == 250
-        assert c.cmd("RCPT TO:<b@example.org>") == (550, "5.7.1 Relaying is not configured here")
+        # a trusted client (Mailman on this host): temporary, it keeps the mail
+        assert c.cmd("RCPT TO:<b@example.org>") == (
+            451,
+            "4.3.5 Relaying is not configured here yet (mmgate serve --relay HOST:PORT)",
+        )
 
 
 RECIPIENTS = ["one@example.org", "two@example.org", "three@example.org"]
@@ -274,3 +278,25 @@ def test_upstream_drop_never_acknowledges_a_recipient_it_did_not_deliver(
         ((sender, rcpts, data),) = up.delivered
         assert sender == "a@example.com" and rcpts == delivered_to
         assert data.endswith(body.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "user%elsewhere.example@example.org",
+        "elsewhere!user@example.org",
+        '"user@elsewhere.example"@example.org',
+    ],
+)
+def test_sender_specified_routing_is_refused_for_untrusted_clients(address: str):
+    open_domain = RelayPolicy(networks=(), domains=parse_domains("example.org"))
+    with Upstream() as up, proxy(up.address, relay_policy=open_domain) as (_px, c):
+        assert c.cmd("MAIL FROM:<a@example.com>")[0] == 250
+        assert c.cmd(f"RCPT TO:<{address}>") == (
+            550,
+            "5.7.1 Sender-specified routing is not allowed here",
+        )
+        assert c.cmd("RCPT TO:<user@example.org>")[0] == 250  # the domain stays open
+    with Upstream() as up, proxy(up.address) as (_px, c):  # a trusted client may
+        assert c.cmd("MAIL FROM:<a@example.com>")[0] == 250
+        assert c.cmd(f"RCPT TO:<{address}>")[0] == 250

@@ -169,7 +169,7 @@ def test_router_is_a_function_of_address_client_and_time():
     # relayed addresses do not depend on Mailman, so never go stale
     relay = router.decide("a@elsewhere.example", client="127.0.0.1", now=1061.0)
     assert relay.action is Action.REJECT and relay.reply is not None
-    assert relay.reply.code == 550  # no upstream configured
+    assert relay.reply.code == 451  # no upstream configured, and a trusted client
 
 
 def test_malformed_address_is_refused_as_rcpt_would_refuse_it():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
@@ -172,10 +173,14 @@ def test_too_many_bad_commands_is_421_and_close():
     with serving(server) as address, RawClient(address) as c:
         c.reply()
         assert c.cmd("FOO")[0] == 500
+        assert c.cmd("EHLO client.example")[0] == 250
+        assert c.cmd("MAIL FROM:<a@example.com>")[0] == 250
+        assert c.cmd("RCPT TO:<b@example.org>")[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        assert c.cmd("x\r\n.")[0] == 250  # an accepted message forgives the errors
         assert c.cmd("BAR")[0] == 500
-        assert c.cmd("NOOP")[0] == 250  # a good command resets the count
-        assert c.cmd("FOO")[0] == 500
-        assert c.cmd("FOO")[0] == 500
+        assert c.cmd("NOOP")[0] == 250  # a good command does not (Postfix's hard limit)
+        assert c.cmd("RCPT TO:<b@example.org>")[0] == 503  # refused RCPTs count too
         assert c.cmd("FOO")[0] == 500
         assert c.reply() == (421, str(replies.TOO_MANY_ERRORS)[4:])
         assert c.closed()
@@ -197,8 +202,9 @@ def test_total_connection_cap_is_421_4_7_0():
 
 
 def test_per_client_cap_is_421_and_loopback_exemption_is_a_setting():
-    server = Recorder(("127.0.0.1", 0), None, max_connections_per_client=1)
-    server.per_client_exempt = ()
+    server = Recorder(
+        ("127.0.0.1", 0), None, max_connections_per_client=1, per_client_exempt=()
+    )
     with serving(server) as address, RawClient(address) as a:
         assert a.reply()[0] == 220
         with RawClient(address) as b:
@@ -206,6 +212,21 @@ def test_per_client_cap_is_421_and_loopback_exemption_is_a_setting():
                 421,
                 "4.7.0 Too many connections from your address, try again later",
             )
+
+
+def _listen_backlog(port: int) -> int:
+    """The backlog the kernel holds for a listening port (ss's Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(out[2])
+
+
+def test_the_listen_backlog_is_the_one_configured():
+    server = Recorder(("127.0.0.1", 0), None, backlog=7)
+    with serving(server) as address:
+        # asyncio's create_server listens again (100 by default): ours must stand
+        assert _listen_backlog(address[1]) == 7
 
 
 def test_loopback_is_exempt_from_the_per_client_cap_by_default():

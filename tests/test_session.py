@@ -19,6 +19,7 @@ from mmgate.smtp.events import (
 )
 from mmgate.smtp.framing import MessageData
 from mmgate.smtp.limits import Limits
+from mmgate.smtp.replies import Reply
 from mmgate.smtp.session import Session, SessionConfig
 from mmgate.smtp.state import Phase
 
@@ -152,12 +153,20 @@ def test_too_many_errors_end_the_session_with_421():
     assert session.data_to_send() == b""  # nothing after the 421
 
 
-def test_a_success_resets_the_error_count():
-    session = Session(SessionConfig(max_errors=2))
+def test_only_an_accepted_message_resets_the_error_count():
+    session = Session(SessionConfig(max_errors=3))
     session.send(replies.BAD_SYNTAX)
-    session.send(replies.OK)
-    session.send(replies.BAD_SYNTAX)
-    assert not session.closing
+    session.send(replies.OK)  # NOOP does not forgive
+    session.send(Reply(450, "4.2.1", "Try later"))  # a refusal of any class counts
+    assert session.errors == 2 and not session.closing
+    session.greet(Hello("client.example", True))
+    session.open_transaction(MailFrom("a@example.com"))
+    session.add_recipient(RcptTo("b@example.org"))
+    session.start_data()
+    session.receive_data(b"x\r\n.\r\n")
+    assert isinstance(session.next_event(), MessageData)
+    session.end_transaction(accepted=True)
+    assert session.errors == 0
 
 
 def test_the_line_limit_grows_with_what_ehlo_offered():

@@ -93,7 +93,7 @@ def test_extended_mail_allows_space_after_colon(client):
     assert client.cmd("MAIL from:   <foo@example.com> size=20")[0] == 250
 
 
-@pytest.mark.parametrize("line,code", [("NOOP", 250), ("NOOP hi", 501)])
+@pytest.mark.parametrize("line,code", [("NOOP", 250), ("NOOP hi", 250)])  # RFC 5321 4.1.1.9
 def test_noop(client, line, code):
     assert client.cmd(line)[0] == code
 
@@ -110,9 +110,9 @@ def test_command_too_long_is_500(client):
     assert client.cmd("NOOP")[0] == 250
 
 
-def test_over_long_local_part_is_501_5_1_3(client):
+def test_long_local_part_is_accepted_as_postfix_and_mailman_accept_it(client):
     ehlo(client)
-    assert client.cmd("MAIL from: <" + "a" * 65 + "@example>")[:1] == (501,)
+    assert client.cmd("MAIL from: <" + "a" * 65 + "@example>")[0] == 250
 
 
 def test_mail_line_limit_grows_with_size_and_shrinks_without_ehlo(client):

@@ -135,7 +135,8 @@ def _int_param(req: falcon.Request, name: str, default: int, low: int, high: int
     raw = req.get_param(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isascii(): "²" is a digit to str.isdigit() but not to int()
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise falcon.HTTPBadRequest(
             title="Bad parameter", description=f"{name} must be a whole number {low}..{high}"
         )

@@ -82,8 +82,22 @@ def relay_refusal(
     policy: RelayPolicy, *, upstream: bool, client: str, recipient: str
 ) -> Reply | None:
     """Why ``client`` may not relay to ``recipient`` here, or None if it may."""
+    trusted = policy.client_may_relay(client)
     if not upstream:
-        return relay_replies.RELAY_NOT_CONFIGURED
-    if not policy.permits(client, recipient):
+        return (
+            relay_replies.RELAY_NOT_CONFIGURED_YET
+            if trusted
+            else relay_replies.RELAY_NOT_CONFIGURED
+        )
+    if not trusted and sender_routed(recipient):
+        return relay_replies.SENDER_ROUTING
+    if not (trusted or policy.domain_is_open(recipient)):
         return relay_replies.RELAY_DENIED
     return None
+
+
+def sender_routed(address: str) -> bool:
+    """``user%host@domain``, ``host!user@domain`` or ``"user@host"@domain``:
+    a local part that names another destination."""
+    local = address.rpartition("@")[0]
+    return any(c in local for c in "%!@")

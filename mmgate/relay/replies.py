@@ -11,6 +11,15 @@ from mmgate.smtp.replies import Reply
 #: Relaying is a privilege (RFC 5321 3.6.2); X.7.1 "Delivery not authorized".
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 RELAY_NOT_CONFIGURED = Reply(550, "5.7.1", "Relaying is not configured here")
+#: The same for a trusted client (Mailman's own copies to members, on this
+#: host): X.3.5 "System incorrectly configured", and temporary, so Mailman
+#: keeps the copies and retries instead of counting a bounce per member.
+RELAY_NOT_CONFIGURED_YET = Reply(
+    451, "4.3.5", "Relaying is not configured here yet (mmgate serve --relay HOST:PORT)"
+)
+#: RFC 5321 3.6.1 / Postfix's allow_untrusted_routing: user%host@, host!user@
+#: and "user@host"@ ask this server to route onwards; not for strangers.
+SENDER_ROUTING = Reply(550, "5.7.1", "Sender-specified routing is not allowed here")
 #: X.4.1 "No answer from host": the client should try again later.
 UPSTREAM_UNREACHABLE = Reply(451, "4.4.1", "Upstream unreachable, try again later")
 #: X.4.2 "Bad connection": dropped or timed out in the middle of a session.

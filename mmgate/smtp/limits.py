@@ -19,9 +19,12 @@ TEXT_LINE = 1000
 MESSAGE_SIZE = 33554432
 #: RFC 5321 4.5.3.1.8: at least 100 recipients must be buffered.
 RECIPIENTS = 1000
-#: RFC 5321 4.5.3.1.3 and 4.5.3.1.1-2: path, local part and domain lengths.
-PATH = 256
-LOCAL_PART = 64
+#: RFC 5321 4.5.3.1.2: a domain is at most 255 octets (a DNS limit too).
+#: The 64-octet local part and 256-octet path of 4.5.3.1.1 and 4.5.3.1.3
+#: are minimums a server must accept, not maximums it must enforce: VERP
+#: bounce addresses and SRS addresses carry a whole address in the local
+#: part, and Mailman's LMTP runner and Postfix take any path that fits the
+#: command line. So does mmgate.
 DOMAIN = 255
 #: RFC 1870 section 3: "the maximum length of a MAIL FROM command line is
 #: increased by 26 characters by the possible addition of the SIZE keyword".

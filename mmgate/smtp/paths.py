@@ -101,12 +101,8 @@ def check_mailbox(
     m = (_MAILBOX_UTF8 if smtputf8 else _MAILBOX_ASCII).fullmatch(path)
     if m is None:
         raise ProtocolError(syntax)
-    if (
-        len(path.encode("utf-8")) > limits.PATH - 2
-        or len(m.group("local").encode("utf-8")) > limits.LOCAL_PART
-        or len(m.group("domain").encode("utf-8")) > limits.DOMAIN
-    ):
-        raise ProtocolError(replies.PATH_TOO_LONG)
+    if len(m.group("domain").encode("utf-8")) > limits.DOMAIN:
+        raise ProtocolError(replies.DOMAIN_TOO_LONG)
     return path
 
 

@@ -83,8 +83,8 @@ class SessionConfig:
     smtputf8: bool = False
     #: RFC 6152 8BITMIME offered (off under smtpd's ``decode_data``)
     eight_bit: bool = True
-    #: errors (5xx) since the last success before the session is ended with
-    #: 421 4.7.0, as Postfix's smtpd_hard_error_limit; 0: no limit
+    #: refusals (4xx, 5xx) since the last accepted message before the session
+    #: is ended with 421 4.7.0, as Postfix's smtpd_hard_error_limit; 0: none
     max_errors: int = 20
 
 
@@ -109,7 +109,7 @@ class Session:
         self.rcpt_options: list[str] = []
         self.recipients: list[RcptTo] = []
         self.require_SMTPUTF8 = False
-        #: 5xx replies since the last 2xx
+        #: refusals (4xx and 5xx) since the last accepted message
         self.errors = 0
         #: the session has said 421 and must be closed once its output is out
         self.closing = False
@@ -281,8 +281,7 @@ class Session:
         return Reset()
 
     def noop(self, arg: str | None) -> Noop:
-        if arg:
-            raise ProtocolError(replies.SYNTAX_NOOP)
+        # RFC 5321 4.1.1.9: "any parameter ... SHOULD be ignored".
         return Noop()
 
     def vrfy(self, arg: str | None) -> Verify:
@@ -338,10 +337,13 @@ class Session:
         switch is part of this move)."""
         self._advance(Step.DATA)
 
-    def end_transaction(self) -> None:
-        """The received message was answered (or refused): a new one may begin."""
+    def end_transaction(self, *, accepted: bool = False) -> None:
+        """The received message was answered (or refused): a new one may
+        begin. An accepted message forgives the errors so far."""
         self.clear_transaction()
         self._advance(Step.END)
+        if accepted:
+            self.errors = 0
 
     def reset(self) -> None:
         """RSET, or a transaction aborted."""
@@ -372,12 +374,13 @@ class Session:
         if self.closing:
             return  # 421 was the last word
         self._out.append(wire)
-        if first == "5":
+        if first in "45":
+            # Postfix's smtpd_hard_error_limit: every refusal counts (a
+            # refused RCPT too) until a message is accepted, so probing
+            # addresses between NOOPs gains nothing.
             self.errors += 1
             if self.config.max_errors and self.errors >= self.config.max_errors:
                 self.close(replies.TOO_MANY_ERRORS)
-        elif first == "2":
-            self.errors = 0
 
     def close(self, reply: Reply) -> None:
         """Say ``reply`` (a 421) as the session's last word."""
