@@ -95,8 +95,10 @@ def smtp_source(
     lmtp: bool = False,
     sender: str = "sender@example.com",
     recipient: str = "rcpt@example.com",
+    cpu: int | None = None,
 ) -> float:
-    """Seconds for smtp-source to deliver ``messages`` over persistent sessions."""
+    """Seconds for smtp-source to deliver ``messages`` over persistent sessions
+    (pinned to ``cpu`` when given, so it does not share the server's core)."""
     cmd = [
         "smtp-source",
         *(["-L"] if lmtp else []),
@@ -114,7 +116,13 @@ def smtp_source(
         f"127.0.0.1:{port}",
     ]
     started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
+    )
     elapsed = time.perf_counter() - started
     if done.returncode != 0 or done.stderr.strip():
         raise RuntimeError(f"smtp-source failed: {done.stderr.strip()}")

@@ -2,8 +2,12 @@
 
     python -m benchmarks.servers KIND PORT LOOP [UPSTREAM_PORT]
 
-KIND is ``mmgate-sink``, ``aiosmtpd-sink``, ``mmgate-proxy`` or
-``aiosmtpd-proxy``; LOOP is ``asyncio`` or ``uvloop``. Prints ``READY`` once
+KIND is ``mmgate-sink`` (tuned: async, CRLF data), ``smtpd-sink`` and
+``smtpd-thread-sink`` (written as an smtpd user writes it: a plain ``def
+process_message``, default arguments; called inline, or on its own thread),
+``ceiling-sink`` (a minimal verb-only asyncio sink: what Python allows),
+``aiosmtpd-sink``, ``mmgate-proxy`` or ``aiosmtpd-proxy``; LOOP is
+``asyncio`` or ``uvloop``. Prints ``READY`` once
 listening; on SIGTERM prints ``COUNT n`` (messages a sink took) and exits.
 """
 
@@ -31,6 +35,65 @@ class MmgateSink(SMTPServer):
         self.count += 1
 
 
+class SmtpdSink(SMTPServer):
+    """The smtpd user's sink: a plain def, smtpd's data form, nothing tuned."""
+
+    count = 0
+
+    def process_message(self, peer, mailfrom, rcpttos, data):  # type: ignore[no-untyped-def]
+        self.count += 1
+
+
+class SmtpdThreadSink(SmtpdSink):
+    sync_process_message = "thread"
+
+
+class CeilingSink(asyncio.Protocol):
+    """The least an SMTP sink can do in Python: verbs by their first four
+    bytes, message text to CRLF.CRLF with bytes.find, one reply per command.
+    No parsing, no limits, no checks: a ceiling, not a server."""
+
+    count = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buf = b""
+        self.data = False
+        transport.write(b"220 bench.example ESMTP\r\n")
+
+    def data_received(self, chunk: bytes) -> None:
+        buf = self.buf + chunk
+        out = []
+        while True:
+            if self.data:
+                end = buf.find(b"\r\n.\r\n")
+                if end < 0:
+                    buf = buf[-4:] if len(buf) > 4 else buf
+                    break
+                buf = buf[end + 5 :]
+                self.data = False
+                CeilingSink.count += 1
+                out.append(b"250 OK\r\n")
+                continue
+            end = buf.find(b"\r\n")
+            if end < 0:
+                break
+            verb = buf[:4].upper()
+            buf = buf[end + 2 :]
+            if verb == b"EHLO":
+                out.append(b"250-bench.example\r\n250 PIPELINING\r\n")
+            elif verb == b"DATA":
+                self.data = True
+                out.append(b"354 go\r\n")
+            elif verb == b"QUIT":
+                out.append(b"221 bye\r\n")
+            else:
+                out.append(b"250 OK\r\n")
+        self.buf = buf
+        if out:
+            self.transport.write(b"".join(out))
+
+
 class AiosmtpdCountingSink:
     count = 0
 
@@ -45,6 +108,13 @@ async def serve(kind: str, port: int, upstream: int | None) -> None:
     if kind == "mmgate-sink":
         counter = MmgateSink(("127.0.0.1", port), None, fqdn=HOSTNAME, max_connections=10000)
         await counter.start()
+    elif kind in ("smtpd-sink", "smtpd-thread-sink"):
+        cls = SmtpdSink if kind == "smtpd-sink" else SmtpdThreadSink
+        counter = cls(("127.0.0.1", port), None, fqdn=HOSTNAME, max_connections=10000)
+        await counter.start()
+    elif kind == "ceiling-sink":
+        counter = CeilingSink
+        await loop.create_server(CeilingSink, "127.0.0.1", port, backlog=1024)
     elif kind == "mmgate-proxy":
         assert upstream is not None
         proxy = PureProxy(("127.0.0.1", port), ("127.0.0.1", upstream), fqdn=HOSTNAME)

@@ -24,11 +24,12 @@ from mmgate.hooks import HookResult, Message, Outcome, header_fields
 from mmgate.smtp import replies
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
-from mmgate.smtp.framing import MessageData
+from mmgate.smtp.framing import MessageChunk, MessageData
 from mmgate.smtp.limits import Limits
 from mmgate.smtp.replies import Reply
 from mmgate.smtp.session import Session, SessionConfig, printable
 from mmgate.smtp.state import Phase
+from mmgate.spoolfile import Spooled, SpoolFile
 
 if TYPE_CHECKING:
     from mmgate.server import SMTPServer
@@ -102,8 +103,13 @@ class SMTPChannel(asyncio.Protocol):
                 smtputf8=enable_SMTPUTF8,
                 eight_bit=not decode_data,
                 max_errors=server.max_bad_commands,
+                chunk_size=server.spool_threshold or None,
             )
         )
+        self._reserved = False  # this session's share of the memory budget
+        self._spool: SpoolFile | None = None  # the message arriving, on disk
+        self._spool_failed = False
+        self._delivering: SpoolFile | None = None  # the message being delivered
         #: plugins' notes for the whole connection, and for the transaction
         self.notes: dict[str, Any] = {}
         self.txn: dict[str, Any] = {}
@@ -121,6 +127,9 @@ class SMTPChannel(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
+        self._partial_since: float | None = None  # a command line is arriving
+        self._data_since: float | None = None  # message text is arriving (DATA)
+        self._data_octets = 0
 
     # -- smtpd's variables that the session holds -------------------------------
     @property
@@ -188,9 +197,42 @@ class SMTPChannel(asyncio.Protocol):
             self._background(hooks.run("disconnect", self))
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = asyncio.get_running_loop().time()
+        now = self._last_activity = asyncio.get_running_loop().time()
+        if self._data_since is not None:
+            self._data_octets += len(data)
+        elif self._partial_since is None:
+            self._partial_since = now  # a command line begins
         self.session.receive_data(data)
         self._process()
+        if self._data_since is None and not self.session.framer.buffered:
+            self._partial_since = None  # every line that came is complete
+
+    def check_pace(self, now: float) -> None:
+        """The server's sweep: a command line too slow to arrive, or message
+        text below the minimum rate, ends the session (421 4.4.2)."""
+        if self._transport is None or self._closing or self._busy:
+            return
+        server = self.smtp_server
+        if self._data_since is not None:
+            elapsed = now - self._data_since
+            if (
+                server.min_data_rate
+                and elapsed > server.data_rate_grace
+                and self._data_octets < server.min_data_rate * elapsed
+            ):
+                log.info("%s: message text too slow", self._peer_text)
+                self._give_up(replies.DATA_TOO_SLOW)
+        elif (
+            server.command_timeout
+            and self._partial_since is not None
+            and now - self._partial_since > server.command_timeout
+        ):
+            log.info("%s: command line too slow", self._peer_text)
+            self._give_up(replies.TIMEOUT)
+
+    def _give_up(self, reply: Reply) -> None:
+        self.session.close(reply)
+        self.close_when_done()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -243,6 +285,8 @@ class SMTPChannel(asyncio.Protocol):
                     break
                 if isinstance(event, Command):
                     self._on_command(event)
+                elif isinstance(event, MessageChunk):
+                    self._spool_chunk(event.data)
                 else:
                     self._on_message(event)
             if session.closing and not self._closing:
@@ -330,6 +374,7 @@ class SMTPChannel(asyncio.Protocol):
         self._resume()
 
     def _resume(self) -> None:
+        self._partial_since = None  # the wait was ours, not the client's
         if self._transport is None:
             self._reset_transaction()  # the client left while we waited
             return
@@ -343,13 +388,52 @@ class SMTPChannel(asyncio.Protocol):
         self.transaction_ended()
         self.session.clear_transaction()
         self.received_data = ""
+        self._drop_message()
+
+    def _drop_message(self) -> None:
+        """Give back the memory budget and remove the spool files."""
+        if self._reserved:
+            self._reserved = False
+            self.smtp_server._release_message()
+        for spool in (self._spool, self._delivering):
+            if spool is not None:
+                spool.remove()
+        self._spool = self._delivering = None
+        self._spool_failed = False
+
+    def _spool_chunk(self, data: bytes) -> None:
+        """Part of a large message: onto disk, not into memory."""
+        if self._spool_failed:
+            return
+        try:
+            if self._spool is None:
+                self._spool = SpoolFile(self.smtp_server.spool_dir)
+            self._spool.write(data)
+        except OSError as exc:
+            log.error("%s: cannot spool a message: %s", self._peer_text, exc)
+            self._spool_failed = True
 
     # -- the message -----------------------------------------------------
     def _on_message(self, event: MessageData) -> None:
+        self._data_since = None
         if event.error is not None:
             log.info("%s: message refused: %s", self._peer_text, event.error)
             self._end_transaction(event.error)
             return
+        source: bytes | Spooled = event.data
+        if event.chunked:
+            spool, self._spool = self._spool, None
+            try:
+                if spool is None or self._spool_failed:
+                    raise OSError("the spool could not be written")
+                self._delivering = spool
+                spool.write(event.data)
+                spool.finish()
+            except OSError as exc:
+                log.error("%s: message lost in the spool: %s", self._peer_text, exc)
+                self._end_transaction(replies.INSUFFICIENT_STORAGE)
+                return
+            source = Spooled(b"", spool)
         server = self.smtp_server
         # The flags and size only: holding the data would keep every
         # connection's last message in memory until its next one.
@@ -358,23 +442,29 @@ class SMTPChannel(asyncio.Protocol):
         assert self.mailfrom is not None
         hooks = server.hooks
         if hooks.has("data") or hooks.has("data_post") or hooks.has("queue"):
-            outcome: asyncio.Future[Reply | str] = asyncio.ensure_future(self._through_hooks(event))
+            outcome: asyncio.Future[Reply | str] = asyncio.ensure_future(
+                self._through_hooks(event, source)
+            )
         else:
+            data = self._smtpd_data(source)
             outcome = server._dispatch_message(
-                self,
-                self.peer,
-                self.mailfrom,
-                list(self.rcpttos),
-                self._smtpd_data(event.data),
-                event,
+                self, self.peer, self.mailfrom, list(self.rcpttos), data, event
             )
         outcome.add_done_callback(self._on_processed)
         if not outcome.done() and self._transport is not None:
             self._transport.pause_reading()
 
-    def _smtpd_data(self, raw: bytes) -> bytes | str:
+    def _smtpd_data(self, source: bytes | Spooled) -> bytes | str | Spooled:
         """The message as process_message takes it (``data_line_ending``,
-        ``decode_data``), also kept as smtpd's ``received_data``."""
+        ``decode_data``), also kept as smtpd's ``received_data``. A spooled
+        message stays on disk for servers that stream it; anyone else gets
+        the whole text, read only now."""
+        if isinstance(source, Spooled):
+            if self.smtp_server.takes_spooled:
+                return source
+            raw = source.read()
+        else:
+            raw = source
         if self.smtp_server.data_line_ending == "\n":
             # smtpd's form: LF line endings, without the final one.
             raw = raw[:-2].replace(b"\r\n", b"\n")
@@ -382,11 +472,11 @@ class SMTPChannel(asyncio.Protocol):
         self.received_data = data
         return data
 
-    async def _through_hooks(self, event: MessageData) -> Reply | str:
+    async def _through_hooks(self, event: MessageData, source: bytes | Spooled) -> Reply | str:
         """data, data_post and queue hooks, then process_message."""
         hooks = self.smtp_server.hooks
         assert self.mailfrom is not None
-        message = Message(self.mailfrom, list(self.rcpttos), event.data)
+        message = Message(self.mailfrom, list(self.rcpttos), source)
         for name, arg in (
             ("data", lambda: header_fields(message.header_block)),
             ("data_post", lambda: message),
@@ -405,7 +495,7 @@ class SMTPChannel(asyncio.Protocol):
             self.peer,
             message.mail_from,
             message.rcpt_tos,
-            self._smtpd_data(message.data),
+            self._smtpd_data(message.source),
             event,
         )
 
@@ -419,6 +509,7 @@ class SMTPChannel(asyncio.Protocol):
         accepted = reply.is_success if isinstance(reply, Reply) else reply[:1] == "2"
         self.session.end_transaction(accepted=accepted)
         self.received_data = ""
+        self._drop_message()
         self.push(reply)
         if self.smtp_server.shutting_down and not self._closing:
             self.session.close(replies.SHUTTING_DOWN)
@@ -439,8 +530,7 @@ class SMTPChannel(asyncio.Protocol):
             self._arm_idle_timer(loop)  # activity since the timer was set
             return
         log.info("%s: idle timeout", self._peer_text)
-        self.session.close(replies.TIMEOUT)
-        self.close_when_done()
+        self._give_up(replies.TIMEOUT)
 
     @property
     def in_transaction(self) -> bool:
@@ -567,5 +657,14 @@ class SMTPChannel(asyncio.Protocol):
         if refusal is not None:
             self.push(refusal)
             return
+        if not self._reserved:
+            if not self.smtp_server._reserve_message():
+                log.warning("%s: DATA refused: the message memory budget is spent", self._peer_text)
+                self.push(replies.INSUFFICIENT_STORAGE)
+                return
+            self._reserved = True
         self.session.start_data()
+        self._data_since = asyncio.get_running_loop().time()
+        self._data_octets = self.session.framer.buffered
+        self._partial_since = None
         self.push(replies.START_DATA)

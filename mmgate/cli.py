@@ -11,8 +11,9 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from mmgate import config
@@ -243,7 +244,14 @@ def run_api(argv: Sequence[str]) -> int:
             f"the API on {bind} would be open to the network: set [api] token "
             "or MMGATE_API_TOKEN, or bind to a loopback address"
         )
-    api = ApiSettings.from_gateway(settings)
+    ApiSettings.from_gateway(settings)  # a setting it cannot use stops it here
+
+    def fresh() -> GatewaySettings:
+        try:
+            return load_settings(args)
+        except config.ConfigError as exc:
+            logging.getLogger("mmgate").error("reload refused, settings unchanged: %s", exc)
+            return settings
 
     class _Gunicorn(BaseApplication):  # type: ignore[misc]
         """gunicorn with the app and options given here: no second command line."""
@@ -252,6 +260,12 @@ def run_api(argv: Sequence[str]) -> int:
             options = {
                 "bind": bind,
                 "workers": args.workers or settings.api_workers,
+                # threads, so that slow or stalled clients hold a thread each,
+                # never a whole worker; timeouts bound every connection
+                "worker_class": "gthread",
+                "threads": 8,
+                "timeout": 30,
+                "keepalive": 5,
                 "proc_name": "mmgate-api",
                 "control_socket_disable": True,
                 "graceful_timeout": 10,
@@ -260,17 +274,40 @@ def run_api(argv: Sequence[str]) -> int:
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            return create_app(api)
+            # Again on SIGHUP (gunicorn reloads its workers): settings anew.
+            return create_app(ApiSettings.from_gateway(fresh()))
 
     _Gunicorn().run()
     return 0
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """For the API child, run after fork: SIGTERM when mmgate serve dies,
+    however it dies, so the child never keeps the port (Linux's
+    PR_SET_PDEATHSIG). Looked up here, in the parent: nothing may be
+    imported between fork and exec."""
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: serve's own exit path still stops the child
+
+    def arm() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return arm
 
 
 def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
     """``mmgate serve`` starts the API in its own process (gunicorn) beside SMTP."""
     import subprocess
 
-    argv = [sys.executable, "-m", "mmgate", "api", "--bind", args.api_bind or settings.api_bind]
+    # -P: the current directory is not on sys.path, so a ./mmgate there is
+    # never what runs (as root, perhaps).
+    bind = args.api_bind or settings.api_bind
+    argv = [sys.executable, "-P", "-m", "mmgate", "api", "--bind", bind]
     # what says where Mailman, the store and relay control are; not SMTP-only flags
     for flag in (f for f in SETTINGS_FLAGS if f not in ("spool_sync", "no_store")):
         value = getattr(args, flag, None)
@@ -278,7 +315,7 @@ def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
     if args.mailman_config is None and settings.remote is None:
         argv += ["--mailman-config", str(settings.mailman_config_path)]
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
 
     def watch() -> None:  # the API going away must be said, and must not stop mail
         code = child.wait()
@@ -303,6 +340,11 @@ def run_serve(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8025")
     add_gateway_options(parser)
+    parser.add_argument(
+        "--postmaster",
+        metavar="ADDRESS",
+        help="where mail for postmaster goes (default: the Maildir VAR/postmaster/)",
+    )
     parser.add_argument("-d", "--debug", action="store_true", help="debug log lines")
     parser.add_argument("--no-api", action="store_true", help="do not start the admin API")
     parser.add_argument(
@@ -328,6 +370,8 @@ def run_serve(argv: Sequence[str]) -> int:
             refresh_interval=settings.refresh_interval,
             stale_after=settings.stale_after,
             plugins=plugins,
+            var_dir=settings.var_dir,
+            postmaster=settings.postmaster,
         )
     except MailmanUnavailable as exc:
         raise UsageError(f"Mailman cannot be used: {exc}") from None
@@ -353,8 +397,35 @@ def run_serve(argv: Sequence[str]) -> int:
     api = None
     if not (args.no_api or args.no_store or settings.store_url is None):
         api = _api_beside(settings, args)
+
+    def reload() -> None:
+        """SIGHUP: settings again from flags, environment and file; what can
+        change live changes, sessions go on; a bad file changes nothing."""
+        log = logging.getLogger("mmgate")
+        try:
+            new = load_settings(args, listen_flag=args.listen)
+            plugins = load_plugins(new.plugins)
+        except (config.ConfigError, UsageError) as exc:
+            log.error("reload refused, settings unchanged: %s", exc)
+            return
+        server.relay_policy = server.router.policy = new.policy
+        server.postmaster = new.postmaster
+        server.router.stale_after = new.stale_after
+        server.directory.refresh_interval = new.refresh_interval
+        server.set_plugins(plugins)
+        for what, old, now in (
+            ("listen", settings.listen, new.listen),
+            ("relay", settings.upstream, new.upstream),
+            ("Mailman", settings.describe(), new.describe()),
+        ):
+            if old != now:
+                log.warning("reload: %s changed; it takes effect at the next restart", what)
+        if api is not None and api.poll() is None:
+            api.send_signal(signal.SIGHUP)  # gunicorn reloads its workers
+        log.info("settings reloaded (relay control, plugins, refresh, staleness)")
+
     try:
-        loop()
+        loop(on_hangup=reload)
     finally:
         if api is not None:
             api.terminate()

@@ -27,7 +27,10 @@ STALE_AFTER = 60.0
 _STRINGS = (list, "a list of strings")
 #: Every key the file may hold: section -> key -> (type, what it must be).
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
-    "smtp": {"listen": (str, "HOST:PORT")},
+    "smtp": {
+        "listen": (str, "HOST:PORT"),
+        "postmaster": (str, "an address for postmaster mail (default: VAR/postmaster/)"),
+    },
     "relay": {
         "upstream": (str, "HOST:PORT"),
         "networks": _STRINGS,

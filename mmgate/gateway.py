@@ -22,14 +22,15 @@ from typing import Any
 
 from mmgate.channel import SMTPChannel
 from mmgate.config import STALE_AFTER
-from mmgate.hooks import HookResult
+from mmgate.hooks import HookResult, Outcome
 from mmgate.mailman.backend import MailmanBackend, Staged
 from mmgate.mailman.directory import Directory
 from mmgate.mailman.embedded import ensure_home
 from mmgate.mailman.local import LocalMailman
 from mmgate.mailman.remote import DeliveryFailed
 from mmgate.mailman.routing import Route, RouteKind, Snapshot, classify
-from mmgate.proxy import PureProxy, RelaySteps, log_no_relay, refusal, wire_form
+from mmgate.postmaster import Mailbox
+from mmgate.proxy import PureProxy, RelaySteps, log_no_relay, refusal, size_of, with_head
 from mmgate.relay import replies as relay_replies
 from mmgate.relay.trace import new_id
 from mmgate.relay.upstream import RelayTransaction
@@ -38,9 +39,13 @@ from mmgate.server import ProcessResult, current_channel
 from mmgate.smtp import replies
 from mmgate.smtp.events import MailFrom, RcptTo
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 from mmgate.store import Recorder, Store
 
 log = logging.getLogger("mmgate.gateway")
+
+#: X.3.5: the configured postmaster address cannot be used now.
+POSTMASTER_UNREACHABLE = Reply(451, "4.3.5", "Postmaster mail cannot be delivered now, try later")
 
 
 class GatewaySteps:
@@ -66,17 +71,45 @@ class GatewaySteps:
         server = self.server
         decision = server.router.decide(rcpt.address, client=ctx.client_ip)
         if decision.reply is not None:
-            if server.recorder is not None:
-                server.recorder.count(f"recipients_refused:{decision.reply.code}")
             if decision.reply is relay_replies.RELAY_NOT_CONFIGURED_YET:
                 log_no_relay(rcpt.address)
+            server.record_refusal(ctx, rcpt.address, decision.describe(), decision.reply)
             return refusal(decision.reply)
+        if decision.action is Action.POSTMASTER:
+            return self._postmaster(ctx, rcpt.address)
         if decision.action is Action.LIST:
             ctx.txn.setdefault("routes", {})[rcpt.address] = decision.route
             return None
         # The router applied relay control already: straight to the upstream.
         relay: RelayTransaction = ctx.txn["relay"]
-        return RelaySteps.relay_recipient(relay, rcpt.address)
+        return self._relay(ctx, relay, rcpt.address)
+
+    def _postmaster(self, ctx: SMTPChannel, address: str) -> HookResult:
+        """Postmaster mail goes to the configured address, routed as this
+        host's own mail would be; else (or if that address is a postmaster
+        address itself, which would loop) into the postmaster's mailbox."""
+        server = self.server
+        target = server.postmaster
+        if target is not None and not server.router.is_postmaster(target):
+            # our own forwarding: the client's relay rights do not apply
+            route = classify(target, server.router.snapshot)
+            if route.kind is RouteKind.LIST:
+                ctx.txn.setdefault("routes", {})[address] = route
+                return None
+            if route.kind is RouteKind.RELAY and ctx.txn.get("relay") is not None:
+                return self._relay(ctx, ctx.txn["relay"], target)
+            log.error("postmaster address <%s> cannot be used now (%s)", target, route.describe())
+            return refusal(POSTMASTER_UNREACHABLE)
+        ctx.txn.setdefault("postmaster", []).append(address)
+        return None
+
+    async def _relay(
+        self, ctx: SMTPChannel, relay: RelayTransaction, address: str
+    ) -> Outcome | None:
+        outcome = await RelaySteps.relay_recipient(relay, address)
+        if outcome is not None and outcome.reply is not None:
+            self.server.record_refusal(ctx, address, "relay", outcome.reply)
+        return outcome
 
     def hook_reset(self, ctx: SMTPChannel) -> None:
         relay: RelayTransaction | None = ctx.txn.pop("relay", None)
@@ -106,6 +139,7 @@ class MailmanProxy(PureProxy):
         refresh_interval: float = 2.0,
         stale_after: float = STALE_AFTER,
         paused: Callable[[], Container[str]] | None = None,
+        postmaster: str | None = None,
         **kwargs: Any,
     ) -> None:
         if mailman is None:
@@ -124,8 +158,13 @@ class MailmanProxy(PureProxy):
         self.directory = Directory(
             mailman.snapshot, self._publish, refresh_interval=refresh_interval
         )
+        #: where postmaster mail goes: an address, or None for the mailbox
+        self.postmaster = postmaster
+        self.postmaster_box = Mailbox(Path(var_dir) / "postmaster")
+        kwargs.setdefault("spool_dir", Path(var_dir) / "spool")
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
         self.router.policy = self.relay_policy
+        self.router.local_domains = frozenset({"localhost", self.fqdn.lower()})
 
     def final_hooks(self) -> list[object]:
         return [GatewaySteps(self)]
@@ -165,24 +204,47 @@ class MailmanProxy(PureProxy):
             self.recorder.stop()
 
     def routes_for(self, channel: SMTPChannel | None, rcpttos: list[str]) -> list[Route]:
+        """The list copies to make: one per queue entry Mailman would make,
+        so recipients that Mailman's rules make the same (TEST@ and test@,
+        a VERP suffix, an alias domain, -subscribe and -join) get one copy."""
         known: dict[str, Route] = channel.txn.get("routes", {}) if channel else {}
-        routes = [known.get(r) or classify(r, self.router.snapshot) for r in rcpttos]
-        return [r for r in routes if r.kind is RouteKind.LIST]
+        out, seen = [], set()
+        for rcpt in rcpttos:
+            route = known.get(rcpt) or classify(rcpt, self.router.snapshot)
+            key = (route.list_id, route.subaddress, route.request)
+            if route.kind is RouteKind.LIST and key not in seen:
+                seen.add(key)
+                out.append(route)
+        return out
 
     async def process_message(
-        self, peer: Any, mailfrom: str, rcpttos: list[str], data: bytes | str, **kwargs: Any
+        self,
+        peer: Any,
+        mailfrom: str,
+        rcpttos: list[str],
+        data: bytes | str | Spooled,
+        **kwargs: Any,
     ) -> ProcessResult:
         channel = current_channel.get(None)
         routes = self.routes_for(channel, rcpttos)
         relay: RelayTransaction | None = channel.txn.get("relay") if channel else None
         relayed = list(relay.recipients) if relay is not None else []
+        to_postmaster: list[str] = channel.txn.get("postmaster", []) if channel else []
         queue_id = new_id()
-        message = self.trace_header(channel, rcpttos, queue_id) + wire_form(
-            data, self.data_line_ending
-        )
+        message = with_head(self.trace_header(channel, rcpttos, queue_id), data, self)
         staged: Staged | None = None
         reply: Reply = replies.MESSAGE_ACCEPTED.with_text(f"OK queued as {queue_id}")
-        if routes:
+        postmaster_copy = None
+        if to_postmaster:
+            try:
+                return_path = f"Return-Path: <{mailfrom}>\r\n".encode("utf-8", "surrogateescape")
+                postmaster_copy = await asyncio.to_thread(
+                    self.postmaster_box.stage, with_head(return_path, message, self)
+                )
+            except OSError as exc:
+                log.error("id=%s: cannot write to the postmaster's mailbox: %s", queue_id, exc)
+                reply = replies.LOCAL_ERROR
+        if routes and reply.is_success:
             outcome = await self.mailman.stage(
                 message, mailfrom, routes, self.router.snapshot, direct=not relayed
             )
@@ -207,6 +269,14 @@ class MailmanProxy(PureProxy):
                     reply = replies.LOCAL_ERROR
             else:
                 await self.mailman.discard(staged)
+        if postmaster_copy is not None:
+            if reply.is_success:
+                try:
+                    await asyncio.to_thread(self.postmaster_box.commit, postmaster_copy)
+                except OSError as exc:  # the list copies are in: say so, never 4xx now
+                    log.error("id=%s: postmaster copy lost at commit: %s", queue_id, exc)
+            else:
+                self.postmaster_box.discard(postmaster_copy)
         if self.recorder is not None:
             self._record(peer, mailfrom, routes, relayed, message, queue_id, reply, staged)
         log.info(
@@ -215,11 +285,34 @@ class MailmanProxy(PureProxy):
             queue_id,
             mailfrom,
             " ".join(f"to=<{r.address}>:{r.describe()}" for r in routes)
-            + "".join(f" to=<{r}>:relay" for r in relayed),
-            len(message),
+            + "".join(f" to=<{r}>:relay" for r in relayed)
+            + "".join(f" to=<{r}>:postmaster" for r in to_postmaster),
+            size_of(message),
             reply.code,
         )
         return reply
+
+    def record_refusal(self, ctx: SMTPChannel, address: str, route: str, reply: Reply) -> None:
+        """A refused or deferred recipient: counted, and one journal entry, so
+        /v1/messages?outcome=refused (or temporary) shows it."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        recorder.count(f"recipients_refused:{reply.code}")
+        recorder.record(
+            {
+                "time": time.time(),
+                "client": ctx.client_ip,
+                "sender": ctx.mailfrom or "",
+                "size": 0,
+                "message_id": None,
+                "queue_id": None,
+                "outcome": reply.code,
+                "reply": str(reply),
+                "lists": " ",
+                "recipients": [{"address": address, "route": route, "outcome": reply.code}],
+            }
+        )
 
     def _record(
         self,
@@ -227,7 +320,7 @@ class MailmanProxy(PureProxy):
         mailfrom: str,
         routes: list[Route],
         relayed: list[str],
-        message: bytes,
+        message: bytes | Spooled,
         queue_id: str,
         reply: Reply,
         staged: Staged | None,
@@ -237,7 +330,7 @@ class MailmanProxy(PureProxy):
         assert recorder is not None
         ok = reply.is_success
         recorder.count("messages_accepted" if ok else f"messages_refused:{reply.code}")
-        recorder.count("bytes", len(message))
+        recorder.count("bytes", size_of(message))
         if ok:
             for route in routes:
                 recorder.count(f"injected:{route.queue}")
@@ -250,7 +343,7 @@ class MailmanProxy(PureProxy):
                 "time": time.time(),
                 "client": str(peer[0]),
                 "sender": mailfrom,
-                "size": len(message),
+                "size": size_of(message),
                 "message_id": staged.message_id if staged is not None else None,
                 "queue_id": queue_id,
                 "outcome": reply.code,

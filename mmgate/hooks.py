@@ -42,6 +42,7 @@ from typing import Any
 
 from mmgate.smtp import replies
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 
 log = logging.getLogger("mmgate.hooks")
 
@@ -99,20 +100,40 @@ class Message:
     """The message as ``data_post`` and ``queue`` hooks see it.
 
     ``data`` is the wire form (CRLF lines, dot-unstuffed). Headers may be
-    added or removed; the change reaches delivery.
+    added or removed; the change reaches delivery. A large message stays in
+    its spool file until a hook reads ``data``; the header work does not
+    load it.
     """
 
-    __slots__ = ("data", "mail_from", "rcpt_tos")
+    __slots__ = ("_data", "_spooled", "mail_from", "rcpt_tos")
 
-    def __init__(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> None:
+    def __init__(self, mail_from: str, rcpt_tos: list[str], data: bytes | Spooled) -> None:
         self.mail_from = mail_from
         self.rcpt_tos = rcpt_tos
-        self.data = data
+        self._data = data if isinstance(data, bytes) else b""
+        self._spooled = data if isinstance(data, Spooled) else None
+
+    @property
+    def data(self) -> bytes:
+        if self._spooled is not None:
+            self._data, self._spooled = self._spooled.read(), None
+        return self._data
+
+    @data.setter
+    def data(self, data: bytes) -> None:
+        self._data, self._spooled = data, None
+
+    @property
+    def source(self) -> bytes | Spooled:
+        """What delivery reads: the bytes, or the spool with its new head."""
+        return self._spooled if self._spooled is not None else self._data
 
     @property
     def header_block(self) -> bytes:
-        end = self.data.find(b"\r\n\r\n")
-        return self.data if end < 0 else self.data[: end + 2]
+        if self._spooled is not None:
+            return self._spooled.header_block()
+        end = self._data.find(b"\r\n\r\n")
+        return self._data if end < 0 else self._data[: end + 2]
 
     @property
     def headers(self) -> EmailMessage:
@@ -121,12 +142,14 @@ class Message:
     def add_header(self, name: str, value: str) -> None:
         """Put ``Name: value`` at the top, as trace headers go (RFC 5322 3.6)."""
         line = f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
-        self.data = line + self.data
+        if self._spooled is not None:
+            self._spooled = self._spooled.with_head(line)
+        else:
+            self._data = line + self._data
 
     def remove_header(self, name: str) -> int:
         """Remove every field called ``name`` (with its folded lines); how many."""
         block = self.header_block
-        body = self.data[len(block) :]
         wanted = name.lower().encode() + b":"
         kept: list[bytes] = []
         removed = 0
@@ -140,7 +163,19 @@ class Message:
             removed += skipping
             if not skipping:
                 kept.append(line)
-        self.data = b"".join(kept) + body
+        new_block = b"".join(kept)
+        if self._spooled is None:
+            self._data = new_block + self._data[len(block) :]
+        else:
+            spooled = self._spooled
+            head = spooled.head
+            if len(block) <= len(head):  # the header ends inside what is in memory
+                self._spooled = Spooled(
+                    new_block + head[len(block) :], spooled.spool, spooled.offset
+                )
+            else:
+                from_file = len(block) - len(head)
+                self._spooled = Spooled(new_block, spooled.spool, spooled.offset + from_file)
         return removed
 
 

@@ -22,12 +22,27 @@ from mmgate.relay.upstream import ClientTimeouts, RelayTransaction, UpstreamPool
 from mmgate.server import ProcessResult, SMTPServer, current_channel
 from mmgate.smtp.events import MailFrom, RcptTo
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 
 log = logging.getLogger("mmgate.relay")
 
 
-def wire_form(data: bytes | str, line_ending: str) -> bytes:
+def with_head(head: bytes, data: bytes | str | Spooled, server: SMTPServer) -> bytes | Spooled:
+    """``head`` (a Received: line) before the message, which stays on disk
+    if it was spooled; in memory it goes back to its wire form."""
+    if isinstance(data, Spooled):
+        return data.with_head(head)
+    return head + wire_form(data, server.data_line_ending)
+
+
+def size_of(message: bytes | Spooled) -> int:
+    return message.size if isinstance(message, Spooled) else len(message)
+
+
+def wire_form(data: bytes | str | Spooled, line_ending: str) -> bytes:
     """process_message's ``data`` back into CRLF lines ending in CRLF."""
+    if isinstance(data, Spooled):
+        return data.read()  # already in wire form (CRLF), read whole on request
     raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     if line_ending == "\n":
         raw = raw.replace(b"\n", b"\r\n")
@@ -107,6 +122,7 @@ class RelaySteps:
 class PureProxy(SMTPServer):
     """Relays everything it accepts to ``remoteaddr`` (smtpd's PureProxy)."""
 
+    takes_spooled = True  # a large message goes upstream from its spool file
     #: Add smtpd's ``X-Peer:`` header after the message's headers.
     add_x_peer = False
 
@@ -169,7 +185,12 @@ class PureProxy(SMTPServer):
         )
 
     async def process_message(
-        self, peer: Any, mailfrom: str, rcpttos: list[str], data: bytes | str, **kwargs: Any
+        self,
+        peer: Any,
+        mailfrom: str,
+        rcpttos: list[str],
+        data: bytes | str | Spooled,
+        **kwargs: Any,
     ) -> ProcessResult:
         channel = current_channel.get(None)
         relay: RelayTransaction | None = channel.txn.get("relay") if channel else None
@@ -189,17 +210,20 @@ class PureProxy(SMTPServer):
                     relay.release()
                     return verdict
         message_id = new_id()
-        message = wire_form(data, self.data_line_ending)
-        if self.add_x_peer:
-            message = insert_x_peer(message, str(peer[0]))
-        reply: Reply = await relay.data(self.trace_header(channel, rcpttos, message_id) + message)
+        head = self.trace_header(channel, rcpttos, message_id)
+        message: bytes | Spooled
+        if self.add_x_peer:  # smtpd's X-Peer: after the header, so in memory
+            message = head + insert_x_peer(wire_form(data, self.data_line_ending), str(peer[0]))
+        else:
+            message = with_head(head, data, self)
+        reply: Reply = await relay.data(message)
         log.info(
             "%s id=%s from=<%s> to=%s size=%d relay=%s",
             peer[0],
             message_id,
             mailfrom,
             ",".join(f"<{r}>" for r in rcpttos),
-            len(message),
+            size_of(message),
             reply,
         )
         return reply

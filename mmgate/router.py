@@ -37,6 +37,8 @@ class Action(StrEnum):
     RELAY = "relay"  #: to the upstream
     PAUSED = "paused"  #: a list paused by its admin: 451 4.2.1
     STALE = "stale"  #: Mailman unreadable for too long: 451 4.3.0
+    #: RFC 5321 4.5.1: postmaster, bare or at a domain served, from anyone
+    POSTMASTER = "postmaster"
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Decision:
 
     @property
     def accepted(self) -> bool:
-        return self.action in (Action.LIST, Action.RELAY)
+        return self.action in (Action.LIST, Action.RELAY, Action.POSTMASTER)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form shared by ``mmgate route --json`` and ``/v1/route``."""
@@ -80,6 +82,8 @@ class Decision:
             return f"list {route.list_id}, {what}, queue {route.queue}"
         if self.action is Action.RELAY and self.upstream is not None:
             return f"relay to {self.upstream[0]}:{self.upstream[1]}"
+        if self.action is Action.POSTMASTER:
+            return "postmaster"
         return f"{self.action.value} {self.reply}"
 
 
@@ -101,14 +105,29 @@ class Router:
     upstream: tuple[str, int] | None = None
     paused: Callable[[], Container[str]] = _nothing_paused
     stale_after: float = STALE_AFTER
+    #: domains this host answers for besides Mailman's (its own name,
+    #: localhost): postmaster there is ours too
+    local_domains: frozenset[str] = frozenset({"localhost"})
 
     def is_stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         return now - self.snapshot.taken_at > self.stale_after
 
+    def is_postmaster(self, address: str) -> bool:
+        """RFC 5321 4.5.1: ``postmaster``, bare or at a domain served here."""
+        local, at, domain = address.lower().rpartition("@")
+        if not at:
+            return domain == "postmaster"
+        snap = self.snapshot
+        served = domain in snap.domains or domain in snap.aliases or domain in self.local_domains
+        return local == "postmaster" and served
+
     def decide(self, address: str, *, client: str, now: float | None = None) -> Decision:
         """The verdict on an address whose syntax RCPT has already checked."""
         route = classify(address, self.snapshot)
+        if self.is_postmaster(address) and route.kind is not RouteKind.LIST:
+            # accepted from anyone, whatever relay control says (RFC 5321 4.5.1)
+            return Decision(route, Action.POSTMASTER)
         if route.kind is RouteKind.RELAY:
             refusal = relay_refusal(
                 self.policy, upstream=self.upstream is not None, client=client, recipient=address

@@ -3,8 +3,9 @@
 Constructing a server binds its socket at once (a port in use raises there,
 as in smtpd); :func:`loop` then serves every server constructed so far, the
 way ``asyncore.loop()`` did for smtpd scripts. ``serve_forever()`` and
-``async with`` serve one. ``process_message`` may be a plain function (run in
-a worker thread, so a slow one never stalls other sessions) or ``async def``.
+``async with`` serve one. ``process_message`` may be a plain function
+(called as smtpd called it: on the loop's thread, one call at a time, in
+order; see ``sync_process_message``) or ``async def`` (concurrent).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import logging
 import re
 import signal
 import socket
+import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, cast
 
 from mmgate import runtime
@@ -29,8 +33,17 @@ from mmgate.hooks import HookChain
 from mmgate.networks import LOOPBACK, Network, in_networks
 from mmgate.smtp import replies
 from mmgate.smtp.framing import BareLinePolicy, MessageData
-from mmgate.smtp.limits import IDLE_TIMEOUT, Limits
+from mmgate.smtp.limits import (
+    COMMAND_TIMEOUT,
+    DATA_RATE_GRACE,
+    IDLE_TIMEOUT,
+    MEMORY_BUDGET,
+    MIN_DATA_RATE,
+    SPOOL_THRESHOLD,
+    Limits,
+)
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 
 log = logging.getLogger("mmgate.smtp")
 
@@ -67,6 +80,13 @@ def _bind(localaddr: tuple[str, int], backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def _ready(value: Any) -> Any:
+    """``value``, awaited if it is awaitable."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 def _accepts_options(function: Any) -> bool:
@@ -125,6 +145,20 @@ class SMTPServer:
     #: endings, no final newline). ``"\\r\\n"``: the wire form, CRLF lines.
     data_line_ending = "\n"
     banner = f"ESMTP mmgate {__version__}"
+    #: How a plain ``def process_message`` is called. ``"inline"``: on the
+    #: event loop's thread, one call at a time, in the order messages end,
+    #: as smtpd called it (the thread that built the server, when
+    #: :func:`loop` runs there, so objects made in ``__init__`` such as a
+    #: sqlite3 connection work); other sessions wait meanwhile, as they did
+    #: under smtpd. ``"thread"``: one dedicated worker thread, still one call
+    #: at a time and in order, while other sessions go on. ``async def`` is
+    #: the way to concurrency. See benchmarks/smtpd_path.py for both.
+    sync_process_message = "inline"
+    #: Give process_message a large message as a
+    #: :class:`~mmgate.spoolfile.Spooled` (still on disk) instead of bytes.
+    #: For servers that stream it on (PureProxy, MailmanProxy); smtpd-style
+    #: code gets the whole ``data`` it expects, read only when it is called.
+    takes_spooled = False
     #: Clients the per-client connection cap does not apply to, as Postfix
     #: exempts $mynetworks (loopback by default) from its anvil limits.
     per_client_exempt: tuple[Network, ...] = LOOPBACK
@@ -141,6 +175,9 @@ class SMTPServer:
         limits: Limits | None = None,
         bare_lines: BareLinePolicy = BareLinePolicy.NORMALISE,
         idle_timeout: float = IDLE_TIMEOUT,
+        command_timeout: float = COMMAND_TIMEOUT,
+        min_data_rate: float = MIN_DATA_RATE,
+        data_rate_grace: float = DATA_RATE_GRACE,
         max_connections: int = 1000,
         max_connections_per_client: int = 50,
         max_bad_commands: int = 20,
@@ -149,6 +186,9 @@ class SMTPServer:
         backlog: int = 1024,
         plugins: Sequence[object] = (),
         per_client_exempt: Sequence[Network] | None = None,
+        spool_threshold: int = SPOOL_THRESHOLD,
+        memory_budget: int = MEMORY_BUDGET,
+        spool_dir: str | Path | None = None,
     ) -> None:
         if enable_SMTPUTF8 and decode_data:
             raise ValueError(
@@ -162,12 +202,24 @@ class SMTPServer:
         self.limits = dataclasses.replace(limits or Limits(), message_size=data_size_limit or None)
         self.bare_lines = bare_lines
         self.idle_timeout = idle_timeout
+        self.command_timeout = command_timeout
+        self.min_data_rate = min_data_rate
+        self.data_rate_grace = data_rate_grace
+        self._sweeper: asyncio.Task[None] | None = None
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.max_bad_commands = max_bad_commands
         self.shutdown_timeout = shutdown_timeout
         self.fqdn = fqdn or _default_fqdn()
         self.backlog = backlog
+        #: message text past this many octets goes to a file in ``spool_dir``
+        #: as it arrives (0: never), so a session holds about this much of it
+        self.spool_threshold = spool_threshold
+        #: message text all sessions together may hold in memory; DATA beyond
+        #: it is 452 4.3.1 (each session in DATA counts spool_threshold)
+        self.memory_budget = memory_budget
+        self.spool_dir = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir())
+        self._in_memory = 0
         if per_client_exempt is not None:
             self.per_client_exempt = tuple(per_client_exempt)
         self.hooks = HookChain()
@@ -177,6 +229,7 @@ class SMTPServer:
         self._per_client: Counter[str] = Counter()
         self._aserver: asyncio.Server | None = None
         self._pm_is_async = inspect.iscoroutinefunction(self.process_message)
+        self._serial: ThreadPoolExecutor | None = None
         self._pm_options = _accepts_options(self.process_message)
         self._socket: socket.socket | None = _bind(localaddr, backlog)
         _registry.append(self)
@@ -227,23 +280,57 @@ class SMTPServer:
         peer: Any,
         mailfrom: str,
         rcpttos: list[str],
-        data: bytes | str,
+        data: bytes | str | Spooled,
         event: MessageData,
     ) -> asyncio.Future[Reply | str]:
-        return asyncio.get_running_loop().create_task(
-            self._run_process_message(channel, peer, mailfrom, rcpttos, data)
-        )
+        loop = asyncio.get_running_loop()
+        if self._pm_is_async or self.sync_process_message == "thread":
+            return loop.create_task(
+                self._run_process_message(channel, peer, mailfrom, rcpttos, data)
+            )
+        # smtpd's way: on this thread, one call at a time, in order.
+        token = current_channel.set(channel)
+        try:
+            result = self.process_message(
+                peer, mailfrom, rcpttos, cast(Any, data), **self._options(channel)
+            )
+        except Exception:
+            log.exception("%s: process_message failed; answered 451", peer)
+            result = replies.LOCAL_ERROR
+        finally:
+            current_channel.reset(token)
+        if inspect.isawaitable(result):  # a plain def that hands back a coroutine
+            return loop.create_task(self._finish(result, peer))
+        done: asyncio.Future[Reply | str] = loop.create_future()
+        done.set_result(self._as_reply(result, peer))
+        return done
+
+    def _options(self, channel: SMTPChannel) -> dict[str, Any]:
+        if not self._pm_options:
+            return {}
+        return {"mail_options": channel.mail_options, "rcpt_options": channel.rcpt_options}
+
+    async def _finish(self, pending: Awaitable[ProcessResult], peer: Any) -> Reply | str:
+        try:
+            result = await pending
+        except Exception:
+            log.exception("%s: process_message failed; answered 451", peer)
+            return replies.LOCAL_ERROR
+        return self._as_reply(result, peer)
 
     async def _run_process_message(
-        self, channel: SMTPChannel, peer: Any, mailfrom: str, rcpttos: list[str], data: bytes | str
+        self,
+        channel: SMTPChannel,
+        peer: Any,
+        mailfrom: str,
+        rcpttos: list[str],
+        data: bytes | str | Spooled,
     ) -> Reply | str:
         current_channel.set(channel)  # in this task's own context
-        kwargs: dict[str, Any] = {}
-        if self._pm_options:
-            kwargs = {"mail_options": channel.mail_options, "rcpt_options": channel.rcpt_options}
+        kwargs = self._options(channel)
         try:
             if self._pm_is_async:
-                result = self.process_message(peer, mailfrom, rcpttos, data, **kwargs)
+                result = self.process_message(peer, mailfrom, rcpttos, cast(Any, data), **kwargs)
             else:
                 call = functools.partial(
                     contextvars.copy_context().run,
@@ -251,16 +338,16 @@ class SMTPServer:
                     peer,
                     mailfrom,
                     rcpttos,
-                    data,
+                    cast(Any, data),
                     **kwargs,
                 )
-                result = await asyncio.get_running_loop().run_in_executor(None, call)
-            if inspect.isawaitable(result):
-                result = await result
+                if self._serial is None:
+                    self._serial = ThreadPoolExecutor(1, thread_name_prefix="process_message")
+                result = await asyncio.get_running_loop().run_in_executor(self._serial, call)
         except Exception:
             log.exception("%s: process_message failed; answered 451", peer)
             return replies.LOCAL_ERROR
-        return self._as_reply(result, peer)
+        return await self._finish(_ready(result), peer)
 
     @staticmethod
     def _as_reply(result: object, peer: Any) -> Reply | str:
@@ -274,6 +361,17 @@ class SMTPServer:
             "%s: process_message returned %r, not None or a reply; answered 451", peer, result
         )
         return replies.LOCAL_ERROR
+
+    # -- the memory budget for message text ------------------------------
+    def _reserve_message(self) -> bool:
+        share = self.spool_threshold or self.limits.message_size or 0
+        if self.memory_budget and self._in_memory + share > self.memory_budget:
+            return False
+        self._in_memory += share
+        return True
+
+    def _release_message(self) -> None:
+        self._in_memory -= self.spool_threshold or self.limits.message_size or 0
 
     # -- admission -------------------------------------------------------
     def _admission(self, peer: Any) -> Reply | None:
@@ -318,11 +416,27 @@ class SMTPServer:
             self._aserver = await loop.create_server(
                 lambda: _Acceptor(self), sock=self._socket, backlog=self.backlog
             )
+            if self.command_timeout or self.min_data_rate:
+                self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Once a second: end sessions whose command line has been arriving
+        for longer than ``command_timeout``, or whose message text averages
+        less than ``min_data_rate`` after ``data_rate_grace`` (421 4.4.2)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for channel in list(self._channels):
+                channel.check_pace(now)
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop gracefully: no new connections; 421 to idle sessions; let
         transactions in flight finish until ``timeout``; then 421 to all."""
         self.shutting_down = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self in _registry:
             _registry.remove(self)
         if self._aserver is not None:
@@ -341,6 +455,8 @@ class SMTPServer:
         for channel in list(self._channels):
             channel.shutdown()
         await asyncio.sleep(0)
+        if self._serial is not None:
+            self._serial.shutdown(wait=False)
 
     async def __aenter__(self) -> SMTPServer:
         await self.start()
@@ -358,13 +474,21 @@ class SMTPServer:
         runtime.run(self.serve())
 
 
-async def _serve_until_signalled(servers: list[SMTPServer]) -> None:
+async def _serve_until_signalled(
+    servers: list[SMTPServer], on_hangup: Callable[[], None] | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers: list[tuple[signal.Signals, Callable[[], None]]] = [
+        (signal.SIGTERM, stop.set),
+        (signal.SIGINT, stop.set),
+    ]
+    if on_hangup is not None:
+        handlers.append((signal.SIGHUP, on_hangup))
+    for sig, handler in handlers:
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread: the caller stops us another way
@@ -384,13 +508,16 @@ def loop(
     use_poll: bool = False,
     map: object = None,
     count: int | None = None,
+    *,
+    on_hangup: Callable[[], None] | None = None,
 ) -> None:
     """Serve every server constructed so far, until SIGTERM or SIGINT.
 
     The successor of ``asyncore.loop()`` in smtpd scripts; its arguments are
-    accepted and ignored.
+    accepted and ignored. ``on_hangup`` is called on SIGHUP (a reload of
+    settings, for ``mmgate serve``); sessions are not touched by it.
     """
     servers = list(_registry)
     if not servers:
         raise RuntimeError("no SMTPServer has been constructed")
-    runtime.run(_serve_until_signalled(servers))
+    runtime.run(_serve_until_signalled(servers, on_hangup))

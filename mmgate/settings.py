@@ -72,6 +72,8 @@ class GatewaySettings:
     api_workers: int = 2
     #: the ``[[plugins]]`` tables, in order (built by mmgate.plugins.load)
     plugins: tuple[config.PluginSpec, ...] = ()
+    #: where postmaster mail goes (RFC 5321 4.5.1); None: VAR/postmaster/
+    postmaster: str | None = None
 
     @property
     def mailman_config_path(self) -> Path:
@@ -167,7 +169,23 @@ def load(
         api_bind=api_bind,
         api_workers=int(workers or 2),
         plugins=config.plugin_specs(cfg),
+        postmaster=_postmaster(cfg, args),
     )
+
+
+def _postmaster(cfg: config.ConfigFile, args: argparse.Namespace) -> str | None:
+    value, where = config.pick(
+        cfg, "smtp", "postmaster", getattr(args, "postmaster", None), "--postmaster", None
+    )
+    if value is None:
+        return None
+    from mmgate.smtp import paths, replies
+    from mmgate.smtp.errors import ProtocolError
+
+    try:
+        return paths.check_mailbox(value, replies.BAD_RECIPIENT_SYNTAX, smtputf8=True)
+    except ProtocolError:
+        raise ConfigError(f"{where}: {value!r} is not an address") from None
 
 
 def _remote(

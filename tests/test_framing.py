@@ -11,6 +11,7 @@ from mmgate.smtp.framing import (
     CommandLine,
     Framer,
     LineTooLong,
+    MessageChunk,
     MessageData,
     dot_stuff,
 )
@@ -174,3 +175,74 @@ def test_dot_stuffing_round_trips(lines: list[bytes], split: int):
     text = b"".join(line + b"\r\n" for line in lines)
     got = message(dot_stuff(text), split=split)
     assert got.error is None and got.data == text
+
+
+def _chunked(
+    wire: bytes, *, chunk_size: int, split: int, policy: BareLinePolicy = BareLinePolicy.NORMALISE
+) -> tuple[bytes, MessageData, int]:
+    """What a framer with ``chunk_size`` hands out for ``wire``: the chunks'
+    text joined with the final part, the final event, and the most it held."""
+    framer = Framer(Limits(message_size=None, lenient_text_lines=True), policy, chunk_size)
+    framer.start_data()
+    text, most = b"", 0
+    final = None
+    for i in range(0, len(wire), split):
+        framer.receive_data(wire[i : i + split])
+        most = max(most, framer.buffered)
+        while (event := framer.next_event()) is not None:
+            if isinstance(event, MessageChunk):
+                text += event.data
+            else:
+                assert isinstance(event, MessageData)
+                final = event
+    assert final is not None
+    return text + final.data, final, most
+
+
+_text_lines = st.lists(
+    st.sampled_from([b"", b".", b"..", b".x", b"a line", b"x" * 90, b"bare\nlf", b"cr\ronly"]),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _text_lines,
+    st.integers(min_value=4, max_value=200),
+    st.integers(min_value=1, max_value=97),
+    st.sampled_from(list(BareLinePolicy)),
+)
+def test_a_chunked_message_is_the_message_whatever_the_cuts(
+    lines: list[bytes], chunk_size: int, split: int, policy: BareLinePolicy
+):
+    wire = dot_stuff(b"".join(line + b"\r\n" for line in lines))
+    whole = message(wire, policy=policy, limits=Limits(message_size=None, lenient_text_lines=True))
+    text, final, most = _chunked(wire, chunk_size=chunk_size, split=split, policy=policy)
+    assert final.error == whole.error
+    if whole.error is None:
+        assert text == whole.data
+        assert final.size == whole.size
+        assert final.bare_line_endings == whole.bare_line_endings
+    # what it holds is bounded by the chunk size, a line and one read
+    assert most <= chunk_size + 2 + 90 + 8 + split
+
+
+def test_a_large_message_never_sits_whole_in_the_framer():
+    line = b"y" * 78 + b"\r\n"
+    wire = dot_stuff(line * 100_000)  # 8 MB
+    text, final, most = _chunked(wire, chunk_size=256 * 1024, split=65536)
+    assert final.chunked and final.size == len(line) * 100_000
+    assert text == line * 100_000
+    assert most < 256 * 1024 + 2 * 65536
+
+
+def test_a_chunked_message_over_the_size_limit_is_refused_and_drained():
+    framer = Framer(Limits(message_size=100_000), chunk_size=10_000)
+    framer.start_data()
+    wire = dot_stuff((b"z" * 70 + b"\r\n") * 3000)  # 216 kB
+    got = events(framer, *(wire[i : i + 4096] for i in range(0, len(wire), 4096)))
+    chunks = [e for e in got if isinstance(e, MessageChunk)]
+    final = got[-1]
+    assert chunks and sum(len(c.data) for c in chunks) <= 100_000
+    assert isinstance(final, MessageData) and final.error == replies.TOO_MUCH_DATA
+    assert final.chunked and framer.buffered == 0

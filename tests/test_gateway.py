@@ -80,7 +80,7 @@ def test_list_post_is_queued_as_mailmans_lmtp_runner_would(mm):
         (
             "test-owner@example.com",
             "in",
-            {"subaddress": "owner", "to_owner": True, "envsender": "postmaster@example.com"},
+            {"subaddress": "owner", "to_owner": True, "envsender": "postmaster@localhost"},
         ),
         ("TEST@EXAMPLE.COM", "in", {"to_list": True}),
         ("test+verp@example.com", "in", {"to_list": True}),
@@ -254,3 +254,64 @@ def test_list_created_and_deleted_while_running_is_routed_within_seconds(mm):
         while transaction(c, ["fresh@example.com"])[1][0] != 550:
             assert time.monotonic() < deadline, "deleted list still routed after 5 s"
             time.sleep(0.1)
+
+
+def test_duplicate_recipients_make_one_copy_after_mailmans_normalisation(mm):
+    rcpts = ["test@example.com"] * 50 + ["TEST@example.com", "test+x@alias.example"]
+    with gateway(mm) as (_, c):
+        replies = transaction(c, rcpts)
+        assert [code for code, _ in replies[1:-2]] == [250] * len(rcpts)
+        assert replies[-1][0] == 250
+    assert len(mm.drain("in")) == 1
+
+
+def test_a_relayed_recipient_given_twice_is_sent_upstream_once(mm):
+    with Upstream() as up, gateway(mm, up.address) as (_, c):
+        replies = transaction(c, ["b@example.org", "b@EXAMPLE.org", "test@example.com"])
+        assert replies[-1][0] == 250
+    (envelope,) = up.handler.messages
+    assert envelope.rcpt_tos == ["b@example.org"]
+    assert len(mm.drain("in")) == 1
+
+
+@pytest.mark.parametrize(
+    "address", ["postmaster", "Postmaster", "postmaster@example.com", "POSTMASTER@localhost"]
+)
+def test_postmaster_is_accepted_from_anyone_and_kept_in_the_postmaster_mailbox(
+    mm, tmp_path: Path, address: str
+):
+    untrusted = RelayPolicy(networks=())
+    with gateway(mm, relay_policy=untrusted, var_dir=tmp_path) as (_, c):
+        replies = transaction(c, [address, "test@example.com"])
+        assert [code for code, _ in replies] == [250, 250, 250, 354, 250]
+        # postmaster in a domain nobody here serves is just another address
+        assert transaction(c, ["postmaster@elsewhere.example"])[1][0] == 550
+    (copy,) = (tmp_path / "postmaster" / "new").iterdir()
+    text = copy.read_bytes()
+    assert text.startswith(b"Return-Path: <alice@example.org>\r\nReceived: from client.example")
+    assert text.endswith(POST)
+    assert len(mm.drain("in")) == 1  # the list copy went in too
+    assert not list((tmp_path / "postmaster" / "tmp").iterdir())
+
+
+def test_postmaster_mail_goes_to_the_configured_address(mm, tmp_path: Path):
+    with (
+        Upstream() as up,
+        gateway(
+            mm,
+            up.address,
+            relay_policy=RelayPolicy(networks=()),
+            postmaster="admin@elsewhere.example",
+        ) as (_, c),
+    ):
+        assert transaction(c, ["postmaster"])[-1][0] == 250
+    (envelope,) = up.handler.messages
+    assert envelope.rcpt_tos == ["admin@elsewhere.example"]
+
+
+def test_the_embedded_site_owner_is_an_address_the_gateway_delivers(mm, tmp_path: Path):
+    assert mm.setting("site_owner") == "postmaster@localhost"
+    with gateway(mm, var_dir=tmp_path) as (server, c):
+        assert server.router.is_postmaster(mm.setting("site_owner"))
+        assert transaction(c, [mm.setting("site_owner")])[-1][0] == 250
+    assert len(list((tmp_path / "postmaster" / "new").iterdir())) == 1

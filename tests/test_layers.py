@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mmgate"
 FORBIDDEN = {
     "mmgate.smtp": ("mmgate.",),  # below everything: only mmgate.smtp itself
     "mmgate.hooks": ("mmgate.",),
+    "mmgate.spoolfile": ("mmgate.",),
     "mmgate.config": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.settings": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.router": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
@@ -32,7 +33,11 @@ FORBIDDEN = {
         "mmgate.debug",
     ),
 }
-ALLOWED = {"mmgate.smtp": ("mmgate.smtp",), "mmgate.hooks": ("mmgate.smtp",)}
+ALLOWED = {
+    "mmgate.smtp": ("mmgate.smtp",),
+    "mmgate.hooks": ("mmgate.smtp", "mmgate.spoolfile"),
+    "mmgate.spoolfile": (),
+}
 
 
 def _module_name(path: Path) -> str:

@@ -154,5 +154,9 @@ def test_same_verdicts_and_same_queue_entries_as_mailmans_lmtp_runner(mm, lmtp_r
     assert lmtp_verdicts.count(550) == 4
     long_verp = next(a for a in ADDRESSES if a.startswith("test-bounces+first"))
     assert len(long_verp.partition("@")[0]) > 64 and long_verp in accepted
-    assert gateway_entries == lmtp_entries
-    assert len(gateway_entries) == len(accepted)
+    # Mailman's LMTP runner queues a copy per recipient, duplicates too (TEST@
+    # and test@, a VERP suffix, the alias domain, -subscribe and -join);
+    # mmgate queues each distinct entry once, and exactly those.
+    distinct = sorted({repr(e): e for e in lmtp_entries}.values(), key=repr)
+    assert gateway_entries == distinct
+    assert len(lmtp_entries) == len(accepted) > len(gateway_entries)

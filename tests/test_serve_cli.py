@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import smtplib
 import socket
+import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -65,8 +68,11 @@ def test_serve_with_no_configuration_runs_an_embedded_mailman(tmp_path: Path):
         wait_for_port(api_port, proc, "the admin API beside mmgate serve")
         deadline = time.monotonic() + 10
         while True:
-            with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/v1/health") as resp:
-                health = json.load(resp)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/v1/health") as resp:
+                    health = json.load(resp)
+            except urllib.error.HTTPError as degraded:  # 503 until the first heartbeat
+                health = json.load(degraded)
             if health["smtp"]["up"] or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -215,3 +221,124 @@ def test_serve_says_so_when_the_api_cannot_start_and_keeps_serving_mail(tmp_path
             proc.kill()
     assert proc.returncode == 0
     assert "the admin API exited with status" in err
+
+
+def _api_children(api_port: int, parent: int | None = None) -> list[int]:
+    """The API's processes (gunicorn's master and workers), or with
+    ``parent``, the one process serve started (gunicorn's master)."""
+    only = ["-P", str(parent)] if parent is not None else []
+    done = subprocess.run(
+        ["pgrep", *only, "-f", f"mmgate api --bind 127.0.0.1:{api_port}"],
+        capture_output=True,
+        text=True,
+    )
+    return [int(pid) for pid in done.stdout.split()]
+
+
+def test_the_api_child_dies_with_serve_and_never_runs_code_from_the_current_directory(
+    tmp_path: Path,
+):
+    # A ./mmgate package in the directory serve is started from: never imported.
+    trap = tmp_path / "mmgate"
+    trap.mkdir()
+    (trap / "__init__.py").write_text(f"open({str(tmp_path / 'TRAPPED')!r}, 'w').close()\n")
+    (trap / "__main__.py").write_text("")
+    port, api_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mmgate")),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--api-bind",
+            f"127.0.0.1:{api_port}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_port(api_port, proc, "the admin API beside mmgate serve", timeout=60)
+        assert _api_children(api_port)
+        proc.kill()  # no goodbye: SIGKILL
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while _api_children(api_port):
+            assert time.monotonic() < deadline, "the API child outlived serve"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _api_children(api_port):
+            os.kill(pid, signal.SIGKILL)
+    assert not (tmp_path / "TRAPPED").exists()
+    var = tmp_path / "var"
+    assert stat.S_IMODE(var.stat().st_mode) == 0o700
+    assert stat.S_IMODE((var / "mailman.cfg").stat().st_mode) == 0o600
+
+
+def test_sighup_reloads_relay_control_and_plugins_without_dropping_a_session(tmp_path: Path):
+    port, api_port, closed = free_port(), free_port(), free_port()
+    config = tmp_path / "mmgate.toml"
+
+    def write(networks: str, plugins: str) -> None:
+        config.write_text(
+            f'[relay]\nupstream = "127.0.0.1:{closed}"\nnetworks = [{networks}]\n{plugins}'
+        )
+
+    write(
+        '"192.0.2.0/24"', '[[plugins]]\nname = "access"\nsenders = [["spam.example", "REJECT"]]\n'
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mmgate",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--api-bind",
+            f"127.0.0.1:{api_port}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_port(port, proc, "mmgate serve")
+        wait_for_port(api_port, proc, "the admin API beside mmgate serve", timeout=60)
+        api_master = _api_children(api_port, parent=proc.pid)
+        assert len(api_master) == 1
+        with smtplib.SMTP("127.0.0.1", port) as client:  # one session across the reload
+            client.ehlo("client.example")
+            assert client.mail("a@spam.example")[0] == 554
+            client.mail("a@example.org")
+            assert client.rcpt("b@elsewhere.example")[0] == 554  # loopback may not relay
+            client.rset()
+            write('"127.0.0.0/8"', "")
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while client.mail("a@spam.example")[0] != 250:
+                assert time.monotonic() < deadline, "the reload was not seen"
+                client.rset()
+                time.sleep(0.1)
+            # relaying is allowed now: the (closed) upstream is tried
+            assert client.rcpt("b@elsewhere.example")[0] == 451
+        write('"not a network"', "")
+        proc.send_signal(signal.SIGHUP)  # a bad file changes nothing
+        time.sleep(0.5)
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            assert client.noop()[0] == 250
+        # serve is alive, and so is the same API master (it reloaded its workers)
+        assert proc.poll() is None and _api_children(api_port, parent=proc.pid) == api_master
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "settings reloaded" in err
+    assert "reload refused, settings unchanged: " in err and "'not a network'" in err

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import select
+import smtplib
 import socket
+import sqlite3
 import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,6 +18,7 @@ import pytest
 from mmgate import SMTPChannel, SMTPServer, runtime
 from mmgate.smtp import replies
 from tests.harness import RawClient, Recorder, serving
+from tests.upstream import free_port
 
 
 def transaction(
@@ -48,6 +54,10 @@ class _Sync(SMTPServer):
         self.seen.append((mailfrom, rcpttos, data, threading.current_thread().name))
         return None
 
+    async def start(self) -> None:
+        self.loop_thread = threading.current_thread().name
+        await super().start()
+
 
 def test_smtpd_era_process_message_without_kwargs_still_works():
     server = _Sync(("127.0.0.1", 0), None)
@@ -57,7 +67,7 @@ def test_smtpd_era_process_message_without_kwargs_still_works():
     assert server.seen[0][:3] == ("a@example.com", ["b@example.com"], b"Subject: x\n\nhi")
 
 
-def test_sync_process_message_does_not_block_other_sessions():
+def test_sync_process_message_runs_on_the_loop_thread_one_call_at_a_time():
     server = _Sync(("127.0.0.1", 0), None)
     with serving(server) as address, RawClient(address) as slow, RawClient(address) as fast:
         slow.reply()
@@ -67,9 +77,27 @@ def test_sync_process_message_does_not_block_other_sessions():
         slow.send(b"x\r\n.\r\n")  # process_message now sleeps for a second
         time.sleep(0.1)
         started = time.monotonic()
+        assert fast.cmd("NOOP")[0] == 250  # waits, as under smtpd's single thread
+        assert time.monotonic() - started > 0.5
+        assert slow.reply()[0] == 250
+    assert server.seen[0][3] == server.loop_thread
+
+
+def test_sync_process_message_on_its_own_thread_leaves_other_sessions_going():
+    server = _Sync(("127.0.0.1", 0), None)
+    server.sync_process_message = "thread"
+    with serving(server) as address, RawClient(address) as slow, RawClient(address) as fast:
+        slow.reply()
+        fast.reply()
+        for line in ("EHLO a", "MAIL FROM:<slow@example.com>", "RCPT TO:<b@example.com>", "DATA"):
+            slow.cmd(line)
+        slow.send(b"x\r\n.\r\n")
+        time.sleep(0.1)
+        started = time.monotonic()
         assert fast.cmd("NOOP")[0] == 250
         assert time.monotonic() - started < 0.5
         assert slow.reply()[0] == 250
+    assert server.seen[0][3].startswith("process_message")
 
 
 def test_bad_return_value_is_451_and_logged(caplog):
@@ -267,3 +295,69 @@ def test_graceful_close_421s_idle_sessions_and_lets_a_transaction_finish():
     assert result["busy_end"][0] == 250
     assert result["busy_after"][0] == 421
     assert len(server.messages) == 1
+
+
+def test_a_classic_smtpd_sqlite_archive_works_with_8_concurrent_clients(tmp_path):
+    port, database = free_port(), tmp_path / "archive.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.smtpd_archive", str(port), str(database)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "READY\n"
+
+        def client(n: int) -> list[int]:
+            codes = []
+            with smtplib.SMTP("127.0.0.1", port) as smtp:
+                smtp.ehlo("client.example")
+                for m in range(5):
+                    smtp.mail(f"c{n}m{m}@example.com")
+                    smtp.rcpt("archive@example.org")
+                    codes.append(smtp.data(b"Subject: archived\r\n\r\n" + b"x" * (100 * m))[0])
+            return codes
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(client, range(8)))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert results == [[250] * 5] * 8
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT sender, thread FROM archive").fetchall()
+    assert len(rows) == 40
+    assert {thread for _, thread in rows} == {"MainThread"}  # where __init__ ran
+
+
+def _dribble(c: RawClient, chunks: list[bytes], pause: float) -> None:
+    """Send ``chunks`` slowly until the server says something."""
+    for chunk in chunks:
+        c.send(chunk)
+        if select.select([c.sock], [], [], pause)[0]:
+            return
+    raise AssertionError("the server let it go on")
+
+
+def test_a_command_line_dribbled_byte_by_byte_is_cut_off():
+    server = Recorder(("127.0.0.1", 0), None, command_timeout=1.0)
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        started = time.monotonic()
+        # each byte would re-arm the idle timer; the command's deadline holds
+        _dribble(c, [bytes([b]) for b in b"NOOP and on and on and on and on"], 0.2)
+        assert c.reply() == (421, "4.4.2 Error: timeout exceeded")
+        assert time.monotonic() - started < 4
+        assert c.closed()
+
+
+def test_message_text_below_the_minimum_rate_is_cut_off():
+    server = Recorder(("127.0.0.1", 0), None, min_data_rate=1000, data_rate_grace=1.0)
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        for line in ("EHLO a", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>", "DATA"):
+            c.cmd(line)
+        _dribble(c, [b"slow line\r\n"] * 30, 0.2)
+        assert c.reply() == (421, "4.4.2 Error: message text arrives too slowly")
+        assert c.closed()
+    assert server.messages == []

@@ -184,7 +184,13 @@ class Resources:
             out["smtp"] = {"up": None}
         ok = out["mailman"]["ok"] and out["store"]["ok"] and out["smtp"]["up"]
         out["status"] = "ok" if ok else "degraded"
+        # A load balancer or monitor reads the status code, not the body.
+        resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
         resp.media = out
+
+    # HEAD /v1/health: the same answer without a body (RFC 9110 9.3.2)
+    def on_head_health(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.on_get_health(req, resp)
 
     # GET /v1/lists
     def on_get_lists(self, req: falcon.Request, resp: falcon.Response) -> None:

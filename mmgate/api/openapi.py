@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmgate._version import __version__
+from mmgate.router import Action
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _LIST_PARAM = {
@@ -72,6 +73,24 @@ def spec() -> dict[str, Any]:
             "paused_since": nullable_number,
         },
     }
+    health_body = {
+        "type": "object",
+        "required": ["status", "mailman", "store", "smtp"],
+        "properties": {
+            "status": {"enum": ["ok", "degraded"]},
+            "mailman": {"type": "object"},
+            "store": {"type": "object"},
+            "smtp": {"type": "object"},
+        },
+    }
+    health = {
+        "summary": "liveness and dependencies: 200 when all is well, 503 when degraded",
+        "security": [],
+        "responses": {
+            "200": _response("everything the gateway depends on answers", health_body),
+            "503": _response("degraded: see which part", health_body),
+        },
+    }
     pause = {
         "type": "object",
         "required": ["list_id", "paused"],
@@ -101,20 +120,8 @@ def spec() -> dict[str, Any]:
         "security": [{"bearer": []}, {"basic": []}],
         "paths": {
             "/v1/health": {
-                "get": _op(
-                    "liveness and dependencies",
-                    {
-                        "type": "object",
-                        "required": ["status", "mailman", "store", "smtp"],
-                        "properties": {
-                            "status": {"enum": ["ok", "degraded"]},
-                            "mailman": {"type": "object"},
-                            "store": {"type": "object"},
-                            "smtp": {"type": "object"},
-                        },
-                    },
-                    public=True,
-                )
+                "get": health,
+                "head": {**health, "summary": "liveness, as a status code only"},
             },
             "/v1/lists": {
                 "get": _op(
@@ -139,7 +146,7 @@ def spec() -> dict[str, Any]:
                         "required": ["address", "action"],
                         "properties": {
                             "address": {"type": "string"},
-                            "action": {"enum": ["list", "relay", "reject", "paused", "stale"]},
+                            "action": {"enum": [a.value for a in Action]},
                         },
                     },
                     params=[

@@ -31,6 +31,7 @@ from mmgate.smtp.events import RcptTo
 from mmgate.smtp.framing import BareLinePolicy
 from mmgate.smtp.limits import Limits
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 
 log = logging.getLogger("mmgate.debug")
 
@@ -78,7 +79,12 @@ class DebugServer(MailmanProxy):
         self.mbox = mailbox.mbox(str(mbox), create=True) if mbox else None
 
     async def process_message(
-        self, peer: Any, mailfrom: str, rcpttos: list[str], data: bytes | str, **kwargs: Any
+        self,
+        peer: Any,
+        mailfrom: str,
+        rcpttos: list[str],
+        data: bytes | str | Spooled,
+        **kwargs: Any,
     ) -> ProcessResult:
         channel = current_channel.get(None)
         decisions = list(channel.txn.get("decisions", []) if channel else []) or [

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from mmgate.mailman.routing import Route, Snapshot
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 
 
 class MailmanUnavailable(Exception):
@@ -48,7 +49,7 @@ class MailmanBackend(Protocol):
 
     async def stage(
         self,
-        data: bytes,
+        data: bytes | Spooled,
         mail_from: str,
         routes: list[Route],
         snap: Snapshot,

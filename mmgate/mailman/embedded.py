@@ -4,13 +4,17 @@ With no configuration, ``mmgate serve`` creates ``VAR/mailman.cfg`` and a
 Mailman var directory beside it on first start (SQLite, ``layout: local``,
 ``NullMTA`` so that no Postfix map is written), and uses that Mailman
 in-process. Mailman's outgoing SMTP host is mmgate itself, so the copies
-Mailman sends to members come back through the gateway. The settings are
+Mailman sends to members come back through the gateway. Its ``site_owner``
+is ``postmaster@localhost``, which the gateway always delivers (into
+``VAR/postmaster/``, or to ``[smtp] postmaster``), so Mailman's own
+notices to the site owner can never loop or bounce. The settings are
 those measured in MAILMAN-NOTES: an absolute ``var_dir`` (the default
 layout's ``$PWD/var`` is a trap) and the null MTA.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 TEMPLATE = """\
@@ -57,7 +61,7 @@ def ensure_home(
     smtp_port: int = 8025,
     lmtp_port: int = 8024,
     rest_port: int = 8001,
-    site_owner: str = "postmaster@example.com",
+    site_owner: str = "postmaster@localhost",
     extra: str = "",
 ) -> Path:
     """The path of the embedded ``mailman.cfg``, written if it is missing."""
@@ -65,11 +69,16 @@ def ensure_home(
     cfg = var / "mailman.cfg"
     if cfg.exists():
         return cfg
+    # The var directory holds the store, Mailman's database and queues: its
+    # owner's alone (0700); mailman.cfg holds the REST password (0600).
+    if not var.exists():
+        var.mkdir(mode=0o700, parents=True)
+        var.chmod(0o700)  # mkdir's mode is filtered by the umask
     mailman_var = var / "mailman"
     (mailman_var / "data").mkdir(parents=True, exist_ok=True)
     import secrets
 
-    cfg.write_text(
+    text = (
         TEMPLATE.format(
             site_owner=site_owner,
             mailman_var=mailman_var,
@@ -81,4 +90,7 @@ def ensure_home(
         )
         + extra
     )
+    fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     return cfg

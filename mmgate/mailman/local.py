@@ -31,6 +31,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from email.feedparser import BytesFeedParser
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from mmgate.mailman.backend import MailmanUnavailable, Staged
 from mmgate.mailman.routing import Route, Snapshot
 from mmgate.mailman.spool import QueueFile, QueueWriter, queue_file
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 
 log = logging.getLogger("mmgate.mailman")
 T = TypeVar("T")
@@ -158,7 +160,7 @@ class LocalMailman:
     # -- the queues ------------------------------------------------------
     async def stage(
         self,
-        data: bytes,
+        data: bytes | Spooled,
         mail_from: str,
         routes: list[Route],
         snap: Snapshot,
@@ -167,7 +169,8 @@ class LocalMailman:
     ) -> Staged | Reply:
         """Write the list copies: into staging, or with ``direct`` straight into
         Mailman's queues (when nothing else in the transaction can fail)."""
-        if len(data) > INLINE_LIMIT:  # parsing a big message would stall the loop
+        if isinstance(data, Spooled) or len(data) > INLINE_LIMIT:
+            # parsing a big message would stall the loop
             prepared = await self._run(
                 self._queues, self._prepare, data, mail_from, routes, snap, direct
             )
@@ -190,7 +193,12 @@ class LocalMailman:
         await self._run(self._queues, self._discard, staged)
 
     def _prepare(
-        self, data: bytes, mail_from: str, routes: list[Route], snap: Snapshot, direct: bool
+        self,
+        data: bytes | Spooled,
+        mail_from: str,
+        routes: list[Route],
+        snap: Snapshot,
+        direct: bool,
     ) -> tuple[list[QueueFile], str] | Reply:
         """The header work of mailman.runners.lmtp.LMTPHandler._handle_DATA,
         then one queue entry per list copy."""
@@ -200,7 +208,17 @@ class LocalMailman:
         from mailman.utilities.email import add_message_hash
 
         try:
-            msg = email.message_from_bytes(data, Message)
+            if isinstance(data, Spooled):
+                # parsed from the file a block at a time: the raw text is
+                # never held whole beside the parsed message
+                parser = BytesFeedParser(Message)
+                for block in data.blocks():
+                    parser.feed(block)
+                msg = parser.close()
+                size = data.size
+            else:
+                msg = email.message_from_bytes(data, Message)
+                size = len(data)
             msg.set_unixfrom(mail_from)
         except Exception:
             log.exception("cannot parse a message for Mailman")
@@ -214,7 +232,7 @@ class LocalMailman:
             msg.replace_header("Message-ID", new_mid)
         if msg.defects:
             return DEFECTS
-        msg.original_size = len(data)
+        msg.original_size = size
         add_message_hash(msg)
         msg["X-MailFrom"] = mail_from
         received_time = now()

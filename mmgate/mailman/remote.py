@@ -31,6 +31,7 @@ from mmgate.mailman.routing import Route, Snapshot
 from mmgate.relay.upstream import as_reply
 from mmgate.smtp.framing import dot_stuff
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 
 log = logging.getLogger("mmgate.mailman")
 
@@ -49,7 +50,7 @@ class DeliveryFailed(Exception):
 class RemoteStaged(Staged):
     """A list delivery held until the transaction can be acknowledged."""
 
-    data: bytes = b""
+    data: bytes | Spooled = b""
     mail_from: str = ""
     recipients: list[str] = field(default_factory=list)
 
@@ -120,7 +121,7 @@ class RemoteMailman:
     # -- list mail, over LMTP ----------------------------------------------
     async def stage(
         self,
-        data: bytes,
+        data: bytes | Spooled,
         mail_from: str,
         routes: list[Route],
         snap: Snapshot,
@@ -147,7 +148,9 @@ class RemoteMailman:
     async def discard(self, staged: Staged) -> None:
         return None  # nothing was sent yet
 
-    def _deliver(self, data: bytes, mail_from: str, recipients: list[str]) -> Reply | None:
+    def _deliver(
+        self, data: bytes | Spooled, mail_from: str, recipients: list[str]
+    ) -> Reply | None:
         """None if Mailman took every copy, else the reply for the client."""
         try:
             with smtplib.LMTP(*self.lmtp, timeout=self.timeout) as lmtp:
@@ -165,7 +168,11 @@ class RemoteMailman:
                     code, text = lmtp.docmd("DATA")
                     if code != 354:
                         return as_reply(code, text.decode("utf-8", "replace"))
-                    lmtp.send(dot_stuff(data))
+                    if isinstance(data, Spooled):  # from the file, a block at a time
+                        for block in data.stuffed():
+                            lmtp.send(block)
+                    else:
+                        lmtp.send(dot_stuff(data))
                     # RFC 2033 4.2: one reply per accepted recipient, in order.
                     verdicts = [lmtp.getreply() for _ in range(accepted)] + [
                         v for v in verdicts if v[0] not in (250, 251)

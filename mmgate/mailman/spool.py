@@ -36,7 +36,9 @@ from typing import Any
 class QueueFile:
     directory: str
     filebase: str
-    payload: bytes
+    #: the pickled message (shared by all the copies of a message, never
+    #: joined into a second copy), then the pickled metadata
+    parts: tuple[bytes, ...]
 
     @property
     def path(self) -> str:
@@ -54,14 +56,16 @@ def queue_file(
     data = dict(metadata)
     list_id = data.get("listid", "--nolist--")
     now = repr(time.time())
-    hashfood = msgsave + list_id.encode("utf-8") + now.encode("utf-8")
-    filebase = now + "+" + hashlib.sha1(hashfood).hexdigest()
+    hashfood = hashlib.sha1(msgsave)  # sha1(msgsave + listid + now), as Mailman names it
+    hashfood.update(list_id.encode("utf-8"))
+    hashfood.update(now.encode("utf-8"))
+    filebase = now + "+" + hashfood.hexdigest()
     data["version"] = schema_version
     for key in list(data):
         if key.startswith("_"):
             del data[key]
     data["_parsemsg"] = False
-    return QueueFile(directory, filebase, msgsave + pickle.dumps(data, pickle.HIGHEST_PROTOCOL))
+    return QueueFile(directory, filebase, (msgsave, pickle.dumps(data, pickle.HIGHEST_PROTOCOL)))
 
 
 _Job = tuple[list[QueueFile], "asyncio.Future[None]"]
@@ -170,9 +174,10 @@ class QueueWriter:
 def _write_tmp(qf: QueueFile, *, fsync: bool) -> None:
     fd = os.open(qf.path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        view = memoryview(qf.payload)
-        while view:
-            view = view[os.write(fd, view) :]
+        for part in qf.parts:
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view) :]
         if fsync:
             os.fsync(fd)
     finally:

@@ -28,6 +28,7 @@ from aiosmtplib import SMTPResponse
 from mmgate.relay import replies as relay_replies
 from mmgate.smtp import replies
 from mmgate.smtp.replies import Reply
+from mmgate.spoolfile import Spooled
 
 log = logging.getLogger("mmgate.relay")
 
@@ -35,6 +36,8 @@ _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 #: Failures of the connection, not verdicts of the upstream.
 _LOST = (aiosmtplib.SMTPServerDisconnected, ConnectionError, OSError)
 _TIMEOUT = (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError, TimeoutError)
+#: Streamed message text waits while more than this is queued for the upstream.
+_HIGH_WATER = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,13 @@ def as_reply(code: int, message: str) -> Reply:
     if not 200 <= code <= 599:
         return relay_replies.UPSTREAM_LOST
     return Reply(code, status, text)
+
+
+def _same_mailbox(address: str) -> str:
+    """An address for duplicate checks: the domain is case-insensitive
+    (RFC 5321 2.4), the local part is left as it is."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}{at}{domain.lower()}"
 
 
 class Connection:
@@ -246,7 +256,11 @@ class RelayTransaction:
         return as_reply(response.code, response.message)
 
     async def rcpt(self, address: str) -> Reply:
-        """Forward one RCPT; the reply is the upstream's verdict."""
+        """Forward one RCPT; the reply is the upstream's verdict. A recipient
+        the upstream already took in this transaction is not sent again, so
+        the message reaches it once."""
+        if _same_mailbox(address) in {_same_mailbox(r) for r in self.recipients}:
+            return replies.RECIPIENT_OK
         failure = await self.open()
         if failure is not None:
             return failure
@@ -270,21 +284,31 @@ class RelayTransaction:
             return replies.RECIPIENT_OK
         return as_reply(response.code, response.message)
 
-    async def data(self, message: bytes) -> Reply:
-        """Send the message (CRLF lines); the reply is the upstream's."""
+    async def data(self, message: bytes | Spooled) -> Reply:
+        """Send the message (CRLF lines); the reply is the upstream's. A
+        spooled one is streamed from its file, never read whole."""
         if self.broken is not None:
             return self.broken
         conn = self._conn
         if conn is None or not self.recipients:
             return replies.NEED_RCPT
-        if not conn.supports("8bitmime") and not message.isascii():
+        if not conn.supports("8bitmime") and not (
+            message.is_ascii() if isinstance(message, Spooled) else message.isascii()
+        ):
             return relay_replies.NEEDS_8BITMIME
         if self.smtputf8 and not conn.supports("smtputf8"):
-            end = message.find(b"\r\n\r\n")
-            if not message[: end if end >= 0 else len(message)].isascii():
+            if isinstance(message, Spooled):
+                head = message.header_block()
+            else:
+                end = message.find(b"\r\n\r\n")
+                head = message[: end if end >= 0 else len(message)]
+            if not head.isascii():
                 return relay_replies.NEEDS_SMTPUTF8_HEADERS
         try:
-            response = await conn.smtp.data(message, timeout=self.pool.timeouts.data_end)
+            if isinstance(message, Spooled):
+                response = await self._stream(conn, message)
+            else:
+                response = await conn.smtp.data(message, timeout=self.pool.timeouts.data_end)
         except aiosmtplib.SMTPDataError as exc:
             return as_reply(exc.code, exc.message)
         except (*_TIMEOUT, aiosmtplib.SMTPException, *_LOST) as exc:
@@ -292,6 +316,27 @@ class RelayTransaction:
         conn.dirty = False
         self.release()
         return as_reply(response.code, response.message)
+
+    async def _stream(self, conn: Connection, message: Spooled) -> SMTPResponse:
+        """DATA from the spool file a block at a time, dot-stuffed on the way,
+        writing no faster than the upstream reads (RFC 5321 4.5.3.2.5-6)."""
+        smtp = conn.smtp
+        start = await smtp.execute_command(b"DATA", timeout=self.pool.timeouts.mail)
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        for block in message.stuffed():
+            protocol.write(block)
+            transport = protocol.transport
+            while (
+                isinstance(transport, asyncio.WriteTransport)
+                and not transport.is_closing()
+                and transport.get_write_buffer_size() > _HIGH_WATER
+            ):
+                await asyncio.sleep(0.002)
+        return await protocol.read_response(timeout=self.pool.timeouts.data_end)
 
     def _broken(self, exc: BaseException, command: str) -> Reply:
         """The session failed at ``command``: drop it; 451 so the client retries."""

@@ -10,6 +10,7 @@ from mmgate.smtp.framing import (
     CommandLine,
     Framer,
     LineTooLong,
+    MessageChunk,
     MessageData,
 )
 from mmgate.smtp.limits import Limits
@@ -21,6 +22,7 @@ __all__ = [
     "Framer",
     "Limits",
     "LineTooLong",
+    "MessageChunk",
     "MessageData",
     "ProtocolError",
     "Reply",

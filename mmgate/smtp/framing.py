@@ -10,6 +10,12 @@ Why it looks the way it does:
   once it passes the frame limit, and a message is dropped (keeping only the
   last four bytes, to see the terminator) once it is refused. The session
   survives both and gets its error reply at the end of the line or message.
+* With a ``chunk_size``, a message that grows past it leaves the buffer as
+  :class:`MessageChunk` events of whole lines while it arrives, so a
+  session holds at most about ``chunk_size`` of it whatever its size; the
+  transport writes the chunks to a spool file. Chunks are cut after a LF
+  and keep the two octets before the next line in the buffer, so neither
+  the end marker nor dot-unstuffing ever depends on where a cut fell.
 * The message ends only at CRLF.CRLF (RFC 5321 4.1.1.4). ``\\n.\\n`` or
   ``\\r.\\r`` never end it, so a message cannot smuggle a second one past a
   downstream server that frames differently (the 2023 "SMTP smuggling" class).
@@ -69,9 +75,20 @@ class MessageData:
     error: Reply | None = None
     bare_line_endings: bool = False
     long_lines: bool = False
+    #: the message's beginning came before, as MessageChunk events; ``data``
+    #: is its last part and ``size`` the whole message's
+    chunked: bool = False
 
 
-Event = CommandLine | LineTooLong | MessageData
+@dataclass(frozen=True, slots=True)
+class MessageChunk:
+    """Whole lines of a message still arriving: dot-unstuffed, line endings
+    handled by the policy, to be appended to what came before."""
+
+    data: bytes
+
+
+Event = CommandLine | LineTooLong | MessageChunk | MessageData
 
 
 class _Mode(Enum):
@@ -90,8 +107,12 @@ class Framer:
     """
 
     __slots__ = (
+        "_bare",
         "_buf",
         "_check",
+        "_chunk_size",
+        "_consumed",
+        "_emitted",
         "_error",
         "_frame_limit",
         "_limits",
@@ -107,8 +128,13 @@ class Framer:
         self,
         limits: Limits | None = None,
         policy: BareLinePolicy = BareLinePolicy.NORMALISE,
+        chunk_size: int | None = None,
     ) -> None:
         self._limits = limits or Limits()
+        self._chunk_size = chunk_size
+        self._consumed = 0  # message octets that left as chunks, as received
+        self._emitted = 0  # the same, as handed out
+        self._bare = False
         self._policy = policy
         self._frame_limit = self._limits.frame_line
         self._buf = bytearray()
@@ -146,6 +172,8 @@ class Framer:
         self._long = False
         self._size = 0
         self._error = None
+        self._consumed = self._emitted = 0
+        self._bare = False
 
     def next_event(self) -> Event | None:
         if self._mode is _Mode.COMMAND:
@@ -189,27 +217,49 @@ class Framer:
                 return None
             size = self._size + end
             del buf[: end + len(_END_OF_DATA)]
-            return self._finish(MessageData(b"", size, self._error))
+            chunked = self._consumed > 0
+            return self._finish(MessageData(b"", size, self._error, chunked=chunked))
         stop = end + 2 if end >= 0 else len(buf)
         limit = self._limits.message_size
-        if limit and stop - 2 > limit:
+        if limit and self._consumed + stop - 2 > limit:
             return self._refuse(replies.TOO_MUCH_DATA)
         if not self._long and self._has_long_line(stop):
             self._long = True
             if not self._limits.lenient_text_lines:
                 return self._refuse(replies.TEXT_LINE_TOO_LONG)
         if end < 0:
+            if self._chunk_size and len(buf) - 2 > self._chunk_size:
+                j = buf.rfind(b"\n", 2)
+                if j > 2:
+                    return self._chunk(j)
             self._scan = max(len(buf) - 4, 0)
             return None
+        lead = buf[:2] == b"\r\n"
         data = bytes(memoryview(buf)[2:stop])
         del buf[: end + len(_END_OF_DATA)]
-        return self._finish(self._message(data))
+        return self._finish(self._message(data, lead))
+
+    def _chunk(self, j: int) -> Event | None:
+        """Hand out the whole lines in ``buf[2:j+1]``; keep from ``j - 1`` on."""
+        buf = self._buf
+        lead = buf[:2] == b"\r\n"
+        raw = bytes(memoryview(buf)[2 : j + 1])
+        del buf[: j - 1]
+        self._scan = 0
+        self._check = max(self._check - (j - 1), 2)
+        self._consumed += len(raw)
+        data, bare = self._text(raw, lead)
+        if bare and self._policy is BareLinePolicy.STRICT:
+            return self._refuse(replies.BARE_LINE_ENDING)
+        self._bare |= bare
+        self._emitted += len(data)
+        return MessageChunk(data)
 
     def _refuse(self, error: Reply) -> Event | None:
         """Refuse the message being read: drop its text, look for its end."""
         self._error = error
         self._mode = _Mode.DRAIN
-        self._size = -2  # the virtual CRLF is not the client's
+        self._size = self._consumed - 2  # the two octets kept are not the text's
         self._scan = 0
         return self._next_message()
 
@@ -217,6 +267,8 @@ class Framer:
         self._mode = _Mode.COMMAND
         self._scan = 0
         self._error = None
+        self._consumed = self._emitted = 0
+        self._bare = False
         return event
 
     def _has_long_line(self, stop: int) -> bool:
@@ -238,19 +290,27 @@ class Framer:
         self._check = pos
         return False
 
-    def _message(self, data: bytes) -> MessageData:
+    def _text(self, data: bytes, lead: bool) -> tuple[bytes, bool]:
+        """Dot-unstuffed text with its line endings handled, and whether it
+        had a bare CR or LF. ``lead``: a CRLF precedes ``data``'s first line."""
         # RFC 5321 4.5.2: drop the first dot of every line that starts with one.
-        if data[:1] == b".":
+        if lead and data[:1] == b".":
             data = data[1:]
         data = data.replace(b"\r\n.", b"\r\n")
         crlf = data.count(b"\r\n")
         bare = data.count(b"\n") != crlf or data.count(b"\r") != crlf
-        if bare:
-            if self._policy is BareLinePolicy.STRICT:
-                return MessageData(b"", len(data), replies.BARE_LINE_ENDING, True)
-            if self._policy is BareLinePolicy.NORMALISE:
-                data = _ANY_LINE_ENDING.sub(b"\r\n", data)
-        return MessageData(data, len(data), None, bare, self._long)
+        if bare and self._policy is BareLinePolicy.NORMALISE:
+            data = _ANY_LINE_ENDING.sub(b"\r\n", data)
+        return data, bare
+
+    def _message(self, data: bytes, lead: bool) -> MessageData:
+        chunked = self._consumed > 0
+        data, bare = self._text(data, lead)
+        bare |= self._bare
+        size = self._emitted + len(data)
+        if bare and self._policy is BareLinePolicy.STRICT:
+            return MessageData(b"", size, replies.BARE_LINE_ENDING, True, chunked=chunked)
+        return MessageData(data, size, None, bare, self._long, chunked)
 
 
 def dot_stuff(data: bytes) -> bytes:

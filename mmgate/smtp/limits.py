@@ -36,6 +36,21 @@ MAIL_EXTRA_BODY = 14
 MAIL_EXTRA_SMTPUTF8 = 10
 #: RFC 5321 4.5.3.2.7: "Server Timeout: 5 Minutes" (waiting for a command).
 IDLE_TIMEOUT = 300.0
+#: Message text past this many octets is written to a spool file as it
+#: arrives: a list post is mostly far smaller, and a session then holds
+#: about this much whatever the message's size (benchmarks/memory.py).
+SPOOL_THRESHOLD = 256 * 1024
+#: Message text all sessions together may hold in memory; each session in
+#: DATA counts SPOOL_THRESHOLD against it, so 256 at once by default.
+MEMORY_BUDGET = 64 * 1024 * 1024
+#: A command line must arrive whole within this many seconds of its first
+#: byte: a client dribbling one byte at a time would otherwise re-arm the
+#: idle timer forever and hold a connection slot.
+COMMAND_TIMEOUT = 60.0
+#: The least average rate of message text, in octets per second, after a
+#: grace period; Postfix's smtpd_min_data_rate is 500.
+MIN_DATA_RATE = 500
+DATA_RATE_GRACE = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,11 +111,15 @@ START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 # --- 4xx: temporary, the client retries --------------------------------------
 SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, closing channel")
 TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+DATA_TOO_SLOW = Reply(421, "4.4.2", "Error: message text arrives too slowly")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_FROM_HOST = Reply(421, "4.7.0", "Too many connections from your address, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing channel")
 LOCAL_ERROR = Reply(451, "4.3.0", "Error: local error in processing")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
+#: RFC 3463 X.3.1 "Mail system full": the memory budget for messages in
+#: flight is spent, or the spool cannot be written; the client retries.
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 
 # --- 5xx: permanent ----------------------------------------------------------
 BAD_SYNTAX = Reply(500, "5.5.2", "Error: bad syntax")

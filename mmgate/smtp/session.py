@@ -40,7 +40,14 @@ from mmgate.smtp.events import (
     Unknown,
     Verify,
 )
-from mmgate.smtp.framing import BareLinePolicy, CommandLine, Framer, LineTooLong, MessageData
+from mmgate.smtp.framing import (
+    BareLinePolicy,
+    CommandLine,
+    Framer,
+    LineTooLong,
+    MessageChunk,
+    MessageData,
+)
 from mmgate.smtp.limits import Limits
 from mmgate.smtp.replies import Reply
 from mmgate.smtp.state import Phase, Step
@@ -83,6 +90,9 @@ class SessionConfig:
     smtputf8: bool = False
     #: RFC 6152 8BITMIME offered (off under smtpd's ``decode_data``)
     eight_bit: bool = True
+    #: message text past this many octets leaves the framer as MessageChunk
+    #: events while it arrives (the transport spools them); None: never
+    chunk_size: int | None = None
     #: refusals (4xx, 5xx) since the last accepted message before the session
     #: is ended with 421 4.7.0, as Postfix's smtpd_hard_error_limit; 0: none
     max_errors: int = 20
@@ -98,7 +108,7 @@ class Session:
 
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config = config or SessionConfig()
-        self.framer = Framer(config.limits, config.bare_lines)
+        self.framer = Framer(config.limits, config.bare_lines, config.chunk_size)
         self.phase = Phase.CONNECTED
         self.seen_greeting = ""
         self.extended_smtp = False
@@ -142,9 +152,10 @@ class Session:
     def receive_data(self, data: bytes) -> None:
         self.framer.receive_data(data)
 
-    def next_event(self) -> Command | MessageData | None:
-        """The next command or finished message; ``None`` when more bytes are
-        needed, or while a received message waits for its reply.
+    def next_event(self) -> Command | MessageChunk | MessageData | None:
+        """The next command, part of a large message, or finished message;
+        ``None`` when more bytes are needed, or while a received message
+        waits for its reply.
 
         Lines that are errors in themselves (too long, empty) are answered
         here and skipped.
@@ -155,6 +166,8 @@ class Session:
                 return None
             if isinstance(event, MessageData):
                 self._advance(Step.RECEIVED)
+                return event
+            if isinstance(event, MessageChunk):
                 return event
             if isinstance(event, LineTooLong):
                 self.send(replies.LINE_TOO_LONG)
