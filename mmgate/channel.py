@@ -18,6 +18,7 @@ import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mmgate.hooks import HookResult, Message, Outcome, header_fields
@@ -347,10 +348,11 @@ class SMTPChannel(asyncio.Protocol):
         """Called whenever the transaction state is cleared: after a message,
         on RSET and HELO/EHLO, and when the client leaves; must be idempotent.
         Runs the ``reset`` hooks and clears the transaction's notes."""
-        hooks = self.smtp_server.hooks
-        if hooks.has("reset") and self.txn:
-            self._background(hooks.run("reset", self))
-        self.txn = {}
+        if self.txn:
+            hooks = self.smtp_server.hooks
+            if hooks.has("reset"):
+                self._background(hooks.run("reset", self))
+            self.txn = {}
 
     def wait_for(self, work: Awaitable[None]) -> None:
         """Hold this session until ``work`` is done, then read on.
@@ -441,7 +443,7 @@ class SMTPChannel(asyncio.Protocol):
         self._busy = True
         assert self.mailfrom is not None
         hooks = server.hooks
-        if hooks.has("data") or hooks.has("data_post") or hooks.has("queue"):
+        if hooks.on_message:
             outcome: asyncio.Future[Reply | str] = asyncio.ensure_future(
                 self._through_hooks(event, source)
             )
@@ -556,28 +558,33 @@ class SMTPChannel(asyncio.Protocol):
 
     # -- SMTP and ESMTP commands ---------------------------------------------
     def smtp_HELO(self, arg: str | None) -> None:
-        hello = self._parse(self.session.hello, arg, extended=False)
-        if hello is not None:
-            self._after(self.smtp_server.hooks.run("helo", self, hello), self._helo_done(hello))
+        self._hello(arg, extended=False)
 
     def smtp_EHLO(self, arg: str | None) -> None:
-        hello = self._parse(self.session.hello, arg, extended=True)
-        if hello is not None:
-            self._after(self.smtp_server.hooks.run("helo", self, hello), self._helo_done(hello))
+        self._hello(arg, extended=True)
 
-    def _helo_done(self, hello: Hello) -> Callable[[Outcome | None], None]:
-        def done(outcome: Outcome | None) -> None:
-            if outcome is not None and outcome.refused:
-                self.push(outcome.reply or replies.LOCAL_ERROR)
-                return
-            self._greet(hello)
-            if not hello.extended:
-                self.push(f"250 {self.fqdn}")
-                return
-            lines = [self.fqdn, *self.extensions()]
-            self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
+    def _hello(self, arg: str | None, *, extended: bool) -> None:
+        try:
+            hello = self.session.hello(arg, extended=extended)
+        except ProtocolError as exc:
+            self.push(exc.reply)
+            return
+        hooks = self.smtp_server.hooks
+        if hooks.has("helo"):
+            self._after(hooks.run("helo", self, hello), partial(self._helo_done, hello))
+        else:
+            self._helo_done(hello, None)
 
-        return done
+    def _helo_done(self, hello: Hello, outcome: Outcome | None) -> None:
+        if outcome is not None and outcome.refused:
+            self.push(outcome.reply or replies.LOCAL_ERROR)
+            return
+        self._greet(hello)
+        if not hello.extended:
+            self.push(f"250 {self.fqdn}")
+            return
+        lines = [self.fqdn, *self.extensions()]
+        self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
 
     def _greet(self, hello: Hello) -> None:
         self.transaction_ended()
@@ -619,36 +626,44 @@ class SMTPChannel(asyncio.Protocol):
         self.push(replies.EXPN_NOT_IMPLEMENTED)
 
     def smtp_MAIL(self, arg: str | None) -> None:
-        mail = self._parse(self.session.mail, arg)
-        if mail is not None:
-            self._after(self.smtp_server.hooks.run("mail", self, mail), self._mail_done(mail))
+        try:
+            mail = self.session.mail(arg)
+        except ProtocolError as exc:
+            self.push(exc.reply)
+            return
+        hooks = self.smtp_server.hooks
+        if hooks.has("mail"):
+            self._after(hooks.run("mail", self, mail), partial(self._mail_done, mail))
+        else:
+            self._mail_done(mail, None)
 
-    def _mail_done(self, mail: MailFrom) -> Callable[[Outcome | None], None]:
-        def done(outcome: Outcome | None) -> None:
-            if outcome is not None and outcome.refused:
-                self.transaction_ended()  # what the hooks began for it ends here
-                self.push(outcome.reply or replies.LOCAL_ERROR)
-                return
-            self.session.open_transaction(mail)
-            self.push((outcome and outcome.reply) or replies.SENDER_OK)
-
-        return done
+    def _mail_done(self, mail: MailFrom, outcome: Outcome | None) -> None:
+        if outcome is not None and outcome.refused:
+            self.transaction_ended()  # what the hooks began for it ends here
+            self.push(outcome.reply or replies.LOCAL_ERROR)
+            return
+        self.session.open_transaction(mail)
+        self.push((outcome and outcome.reply) or replies.SENDER_OK)
 
     def smtp_RCPT(self, arg: str | None) -> None:
-        rcpt = self._parse(self.session.rcpt, arg)
-        if rcpt is not None:
-            self._after(self.smtp_server.hooks.run("rcpt", self, rcpt), self._rcpt_done(rcpt))
+        try:
+            rcpt = self.session.rcpt(arg)
+        except ProtocolError as exc:
+            self.push(exc.reply)
+            return
+        hooks = self.smtp_server.hooks
+        if hooks.has("rcpt"):
+            self._after(hooks.run("rcpt", self, rcpt), partial(self._rcpt_done, rcpt))
+        else:
+            self._rcpt_done(rcpt, None)
 
-    def _rcpt_done(self, rcpt: RcptTo) -> Callable[[Outcome | None], None]:
-        def done(outcome: Outcome | None) -> None:
-            if outcome is not None and outcome.refused:
-                log.info("%s: RCPT %s refused: %s", self._peer_text, rcpt.address, outcome.reply)
-                self.push(outcome.reply or replies.LOCAL_ERROR)
-                return
-            self.session.add_recipient(rcpt)
-            self.push((outcome and outcome.reply) or replies.RECIPIENT_OK)
-
-        return done
+    def _rcpt_done(self, rcpt: RcptTo, outcome: Outcome | None) -> None:
+        if outcome is not None and outcome.refused:
+            log.info("%s: RCPT %s refused: %s", self._peer_text, rcpt.address, outcome.reply)
+            self.push(outcome.reply or replies.LOCAL_ERROR)
+            return
+        self.session.add_recipient(rcpt)
+        self.push((outcome and outcome.reply) or replies.RECIPIENT_OK)
 
     def smtp_DATA(self, arg: str | None) -> None:
         if self._parse(self.session.data, arg) is None:
@@ -664,7 +679,7 @@ class SMTPChannel(asyncio.Protocol):
                 return
             self._reserved = True
         self.session.start_data()
-        self._data_since = asyncio.get_running_loop().time()
+        self._data_since = self._last_activity  # the DATA line's arrival: no clock read
         self._data_octets = self.session.framer.buffered
         self._partial_since = None
         self.push(replies.START_DATA)

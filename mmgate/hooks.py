@@ -208,9 +208,15 @@ class HookChain:
                 fn = getattr(obj, "hook_" + name, None)
                 if fn is not None:
                     self._table.setdefault(name, []).append(_Hook(name, fn, str(owner), final))
+        self._on_message = any(n in self._table for n in ("data", "data_post", "queue"))
 
     def has(self, name: str) -> bool:
         return name in self._table
+
+    @property
+    def on_message(self) -> bool:
+        """Has any hook for the message itself (data, data_post, queue)?"""
+        return self._on_message
 
     def describe(self) -> list[tuple[str, list[str]]]:
         """Each plugin's name and the hooks it has, in order (``mmgate plugins``)."""

@@ -1,9 +1,12 @@
 """The typed events of an SMTP session, as the core hands them out.
 
-Small frozen values, validated by the session before they are made: an
-event exists only for a command whose syntax, sequence and limits were
-right (RFC 5321 4.1.1 and 4.1.4). The framing events (a command line, a
-finished message) are in :mod:`mmgate.smtp.framing`.
+Small values, validated by the session before they are made: an event
+exists only for a command whose syntax, sequence and limits were right
+(RFC 5321 4.1.1 and 4.1.4). They are treated as immutable but not frozen:
+a frozen dataclass costs three times as much to build (every field set
+through object.__setattr__), and several are built per message. The
+framing events (a command line, a finished message) are in
+:mod:`mmgate.smtp.framing`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Command:
     """One command line, split into its verb (upper case) and argument."""
 
@@ -20,7 +23,7 @@ class Command:
     line: str  #: the whole line as received (UTF-8, surrogateescape)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello:
     """HELO or EHLO (RFC 5321 4.1.1.1); ``extended`` for EHLO."""
 
@@ -28,7 +31,7 @@ class Hello:
     extended: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MailFrom:
     """MAIL FROM with its parsed reverse-path and parameters (4.1.1.2).
 
@@ -45,7 +48,7 @@ class MailFrom:
     size: int | None = None  #: RFC 1870: the declared size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RcptTo:
     """RCPT TO with its parsed forward-path and parameters (4.1.1.3)."""
 
@@ -54,17 +57,17 @@ class RcptTo:
     options: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataRequest:
     """DATA, in sequence and without an argument (4.1.1.4)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reset:
     """RSET (4.1.1.5)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verify:
     """VRFY (4.1.1.6); ``valid`` says whether the argument is a mailbox."""
 
@@ -72,31 +75,31 @@ class Verify:
     valid: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Expand:
     """EXPN (4.1.1.7)."""
 
     arg: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Help:
     """HELP (4.1.1.8), with its topic if any."""
 
     topic: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Noop:
     """NOOP (4.1.1.9): "any parameter ... SHOULD be ignored"."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Quit:
     """QUIT (4.1.1.10)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unknown:
     """A verb the core does not implement; the transport may (``smtp_XFOO``)."""
 

@@ -46,21 +46,21 @@ class BareLinePolicy(Enum):
     LENIENT = "lenient"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CommandLine:
     """One command line, without its line ending, exactly as received."""
 
     line: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LineTooLong:
     """A command line longer than the frame limit arrived and was dropped."""
 
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageData:
     """The text of one message, complete at CRLF.CRLF.
 
@@ -80,7 +80,7 @@ class MessageData:
     chunked: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageChunk:
     """Whole lines of a message still arriving: dot-unstuffed, line endings
     handled by the policy, to be appended to what came before."""
@@ -88,6 +88,7 @@ class MessageChunk:
     data: bytes
 
 
+#: (Not frozen, for the cost of building them per line; see smtp/events.py.)
 Event = CommandLine | LineTooLong | MessageChunk | MessageData
 
 

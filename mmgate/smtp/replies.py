@@ -10,7 +10,7 @@ had the reply, so logs and habits carry over.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _CODE_PREFIX = re.compile(r"[2-5][0-9][0-9](?:[ -]|$)")
 _REPLY_TEXT = re.compile(r"([2-5][0-9][0-9])(?: ([2-5]\.[0-9]{1,3}\.[0-9]{1,3}))?(?: (.*))?", re.S)
@@ -27,11 +27,20 @@ class Reply:
     code: int
     status: str | None
     text: str
+    #: the wire form, made once: most replies are constants sent again and
+    #: again, and formatting one costs more than the rest of a command
+    wire: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # RFC 5321 4.2: "a three-digit code"; the first digit is 2..5.
         if not 200 <= self.code <= 599:
             raise ValueError(f"SMTP reply code out of range: {self.code}")
+        lines = self.text.split("\n")
+        prefix = f"{self.status} " if self.status else ""
+        out = [f"{self.code}-{prefix}{line}" for line in lines[:-1]]
+        out.append(f"{self.code} {prefix}{lines[-1]}")
+        wire = ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
+        object.__setattr__(self, "wire", wire)
 
     @property
     def is_success(self) -> bool:
@@ -69,11 +78,7 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """Wire form; a multi-line text becomes RFC 5321 4.2.1 ``code-`` lines."""
-        lines = self.text.split("\n")
-        prefix = f"{self.status} " if self.status else ""
-        out = [f"{self.code}-{prefix}{line}" for line in lines[:-1]]
-        out.append(f"{self.code} {prefix}{lines[-1]}")
-        return ("\r\n".join(out) + "\r\n").encode("utf-8", "surrogateescape")
+        return self.wire
 
 
 def encode_text(text: str) -> bytes:

@@ -44,7 +44,6 @@ from mmgate.smtp.framing import (
     BareLinePolicy,
     CommandLine,
     Framer,
-    LineTooLong,
     MessageChunk,
     MessageData,
 )
@@ -160,34 +159,32 @@ class Session:
         Lines that are errors in themselves (too long, empty) are answered
         here and skipped.
         """
+        framer = self.framer
         while self.phase is not Phase.RECEIVED and not self.closing:
-            event = self.framer.next_event()
+            event = framer.next_event()
             if event is None:
                 return None
+            if type(event) is CommandLine:  # the common case first
+                raw = event.line
+                line = raw.decode("utf-8", "surrogateescape")
+                if not line:
+                    self.send(replies.BAD_SYNTAX)
+                    continue
+                verb, sep, rest = line.partition(" ")
+                verb = verb.upper()
+                if len(raw) + 2 > self.limits.command_line and len(raw) + 2 > self._line_limit(
+                    verb
+                ):
+                    self.send(replies.LINE_TOO_LONG)
+                    continue
+                return Command(verb, rest.strip() if sep else None, line)
             if isinstance(event, MessageData):
                 self._advance(Step.RECEIVED)
                 return event
             if isinstance(event, MessageChunk):
                 return event
-            if isinstance(event, LineTooLong):
-                self.send(replies.LINE_TOO_LONG)
-                continue
-            command = self._command(event)
-            if command is not None:
-                return command
+            self.send(replies.LINE_TOO_LONG)  # LineTooLong
         return None
-
-    def _command(self, event: CommandLine) -> Command | None:
-        line = event.line.decode("utf-8", "surrogateescape")
-        if not line:
-            self.send(replies.BAD_SYNTAX)
-            return None
-        verb, sep, rest = line.partition(" ")
-        verb = verb.upper()
-        if len(event.line) + 2 > self._line_limit(verb):
-            self.send(replies.LINE_TOO_LONG)
-            return None
-        return Command(verb, rest.strip() if sep else None, line)
 
     def _line_limit(self, verb: str) -> int:
         """RFC 5321 4.5.3.1.4, with the allowances of what EHLO offered."""
@@ -207,6 +204,7 @@ class Session:
         parse = _PARSERS.get(command.verb)
         if parse is None:
             return Unknown(command.verb, command.arg)
+        self.check_sequence(command.verb)
         return parse(self, command.arg)
 
     def check_sequence(self, verb: str) -> None:
@@ -221,7 +219,9 @@ class Session:
         return Hello(arg, extended)
 
     def mail(self, arg: str | None) -> MailFrom:
-        self.check_sequence("MAIL")
+        """MAIL's argument, parsed and checked; the sequence is the caller's
+        to check (:meth:`interpret` does, as the channel does before it
+        dispatches)."""
         syntax = replies.SYNTAX_MAIL_EXT if self.extended_smtp else replies.SYNTAX_MAIL
         arg = paths.strip_keyword("FROM:", arg)
         if not arg:
@@ -263,7 +263,6 @@ class Session:
         )
 
     def rcpt(self, arg: str | None) -> RcptTo:
-        self.check_sequence("RCPT")
         syntax = replies.SYNTAX_RCPT_EXT if self.extended_smtp else replies.SYNTAX_RCPT
         arg = paths.strip_keyword("TO:", arg)
         if not arg:
@@ -283,7 +282,6 @@ class Session:
         return RcptTo(address, params, _options(text))
 
     def data(self, arg: str | None) -> DataRequest:
-        self.check_sequence("DATA")
         if arg:
             raise ProtocolError(replies.SYNTAX_DATA)
         return DataRequest()
@@ -380,14 +378,15 @@ class Session:
     def send(self, reply: Reply | str) -> None:
         """Queue one reply in its wire form (several lines become RFC 5321
         4.2.1 continuation lines) and count errors as Postfix does."""
-        if isinstance(reply, Reply):
-            first, wire = str(reply.code)[0], reply.to_bytes()
-        else:
-            first, wire = reply[:1], replies.encode_text(reply)
         if self.closing:
             return  # 421 was the last word
-        self._out.append(wire)
-        if first in "45":
+        if isinstance(reply, Reply):
+            self._out.append(reply.wire)
+            refused = reply.code >= 400
+        else:
+            self._out.append(replies.encode_text(reply))
+            refused = reply[:1] in ("4", "5")
+        if refused:
             # Postfix's smtpd_hard_error_limit: every refusal counts (a
             # refused RCPT too) until a message is accepted, so probing
             # addresses between NOOPs gains nothing.
