@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import email
 import email.utils
 import logging
@@ -50,6 +51,23 @@ QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Mailman's queue is not available, try a
 #: Messages up to this size are prepared on the event loop's thread.
 INLINE_LIMIT = 64 * 1024
 _initialized: list[str] = []  # the config Mailman was initialized with here
+_ONE_LARGE = threading.Lock()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _give_back_memory() -> None:
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 _init_lock = threading.Lock()
 
 
@@ -201,7 +219,29 @@ class LocalMailman:
         direct: bool,
     ) -> tuple[list[QueueFile], str] | Reply:
         """The header work of mailman.runners.lmtp.LMTPHandler._handle_DATA,
-        then one queue entry per list copy."""
+        then one queue entry per list copy.
+
+        Spooled (large) messages are prepared one at a time, and the memory
+        their parse and pickle used is handed back to the system afterwards
+        (malloc_trim): a parsed message and its pickle are about twice its
+        size, and a dozen large posts ending at once must not add up.
+        """
+        if isinstance(data, Spooled):
+            with _ONE_LARGE:
+                try:
+                    return self._prepare_one(data, mail_from, routes, snap, direct)
+                finally:
+                    _give_back_memory()
+        return self._prepare_one(data, mail_from, routes, snap, direct)
+
+    def _prepare_one(
+        self,
+        data: bytes | Spooled,
+        mail_from: str,
+        routes: list[Route],
+        snap: Snapshot,
+        direct: bool,
+    ) -> tuple[list[QueueFile], str] | Reply:
         from mailman.config import config
         from mailman.email.message import Message
         from mailman.utilities.datetime import now
