@@ -68,6 +68,8 @@ _MALLOC_TRIM = _load_malloc_trim()
 def _give_back_memory() -> None:
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
 _init_lock = threading.Lock()
 
 
