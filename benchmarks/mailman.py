@@ -60,6 +60,15 @@ def clear(inq: Path) -> None:
         os.unlink(inq / name)
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an operator stops it; killed if it does not go in 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def measure(
     name: str, cmd: list[str], port: int, inq: Path, messages: int, repeat: int, *, lmtp: bool
 ) -> tuple[float, list[int]]:
@@ -77,11 +86,7 @@ def measure(
             clear(inq)
             best = max(best, messages / elapsed)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     print(f"{name:<28}{best:>10.0f} posts/s   queued per round: {counts} of {messages}")
     return best, counts
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.engine import bench_args, read_reply, rss_kib
-from benchmarks.mailman import bench_home, clear, queued, serve_command, wait_listening
+from benchmarks.mailman import bench_home, clear, queued, serve_command, stop, wait_listening
 
 MIB = 1024 * 1024
 LINE = b"A line of a very long post, repeated until the post is big enough..x\r\n"
@@ -118,11 +117,7 @@ def measure(
         peak = rss_kib(proc.pid, "VmHWM")
         clear(inq)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     ok = sum(a.startswith(b"250") for a in answers)
     result = {
         "held": (held - base) / 1024,

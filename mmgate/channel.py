@@ -409,7 +409,8 @@ class SMTPChannel(asyncio.Protocol):
             return
         try:
             if self._spool is None:
-                self._spool = SpoolFile(self.smtp_server.spool_dir)
+                server = self.smtp_server
+                self._spool = SpoolFile(server.spool_dir, server.spool_memory)
             self._spool.write(data)
         except OSError as exc:
             log.error("%s: cannot spool a message: %s", self._peer_text, exc)

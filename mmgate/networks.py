@@ -19,11 +19,18 @@ LOOPBACK: tuple[Network, ...] = (
 )
 
 
-def in_networks(host: str, networks: Iterable[Network]) -> bool:
+def client_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address as an address: an IPv4-mapped IPv6 one unwrapped,
+    a zone dropped; None for what is not an address."""
     try:
         address = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+        return address.ipv4_mapped
+    return address
+
+
+def in_networks(host: str, networks: Iterable[Network]) -> bool:
+    address = client_address(host)
+    return address is not None and any(address in network for network in networks)

@@ -39,11 +39,12 @@ from mmgate.smtp.limits import (
     IDLE_TIMEOUT,
     MEMORY_BUDGET,
     MIN_DATA_RATE,
+    SPOOL_MEMORY,
     SPOOL_THRESHOLD,
     Limits,
 )
 from mmgate.smtp.replies import Reply
-from mmgate.spoolfile import Spooled
+from mmgate.spoolfile import MemoryPool, Spooled
 
 log = logging.getLogger("mmgate.smtp")
 
@@ -189,6 +190,7 @@ class SMTPServer:
         spool_threshold: int = SPOOL_THRESHOLD,
         memory_budget: int = MEMORY_BUDGET,
         spool_dir: str | Path | None = None,
+        spool_memory: int = SPOOL_MEMORY,
     ) -> None:
         if enable_SMTPUTF8 and decode_data:
             raise ValueError(
@@ -219,6 +221,9 @@ class SMTPServer:
         #: it is 452 4.3.1 (each session in DATA counts spool_threshold)
         self.memory_budget = memory_budget
         self.spool_dir = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir())
+        #: spooled text all sessions may keep in memory before it spills to
+        #: files in spool_dir (a few large messages cost no disk I/O)
+        self.spool_memory = MemoryPool(spool_memory)
         self._in_memory = 0
         if per_client_exempt is not None:
             self.per_client_exempt = tuple(per_client_exempt)

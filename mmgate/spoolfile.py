@@ -1,11 +1,14 @@
-"""Message text kept in a file while it arrives, so memory stays bounded.
+"""Large message text kept off the session's buffer, so memory stays bounded.
 
 The framer hands a large message out in chunks of whole lines (see
-:mod:`mmgate.smtp.framing`); the channel appends them here, under the
-server's spool directory, and delivery reads the file back in blocks: into
-Mailman's queue entry, upstream, over LMTP. The file holds the message as
-the framer produced it (dot-unstuffed, line endings per the policy). It is
-transient: nothing is acknowledged from it (the 250 comes only when the
+:mod:`mmgate.smtp.framing`); the channel appends them to a
+:class:`SpoolFile`, and delivery reads it back in blocks: into Mailman's
+queue entry, upstream, over LMTP. The chunks stay in memory while all
+spooled messages together fit in the server's :class:`MemoryPool` (so a
+few large messages cost no disk I/O); beyond it a spool file spills to
+disk, under the server's spool directory. What is spooled is the message
+as the framer produced it (dot-unstuffed, line endings per the policy). It
+is transient: nothing is acknowledged from it (the 250 comes only when the
 copies are durably handed off), so it is never fsynced, and it is removed
 when its transaction ends, whatever the outcome.
 """
@@ -22,20 +25,65 @@ from pathlib import Path
 BLOCK = 256 * 1024
 
 
+class MemoryPool:
+    """How much spooled text all sessions of a server may keep in memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, octets: int) -> bool:
+        if self.used + octets > self.limit:
+            return False
+        self.used += octets
+        return True
+
+    def give(self, octets: int) -> None:
+        self.used -= octets
+
+
 class SpoolFile:
-    def __init__(self, directory: str | Path) -> None:
-        Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix="msg-", suffix=".eml", dir=directory)
-        self.path = path
+    """One message's spooled text: in memory while the pool allows, then on
+    disk (everything so far is written out at the spill)."""
+
+    def __init__(self, directory: str | Path, pool: MemoryPool | None = None) -> None:
+        self.directory = Path(directory)
+        self.pool = pool
+        self.path: str | None = None
         self.size = 0
-        self._fd: int | None = fd
+        self._fd: int | None = None
+        self._chunks: list[bytes] = []
+        self._held = 0  # octets taken from the pool
+
+    @property
+    def on_disk(self) -> bool:
+        return self.path is not None
 
     def write(self, data: bytes) -> None:
+        if self.path is None:
+            if self.pool is not None and self.pool.take(len(data)):
+                self._chunks.append(data)
+                self._held += len(data)
+                self.size += len(data)
+                return
+            self._spill()
         assert self._fd is not None, "written after finish()"
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        _write_all(self._fd, data)
         self.size += len(data)
+
+    def _spill(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(prefix="msg-", suffix=".eml", dir=self.directory)
+        self._fd = fd
+        for chunk in self._chunks:
+            _write_all(fd, chunk)
+        self._release_memory()
+
+    def _release_memory(self) -> None:
+        if self.pool is not None and self._held:
+            self.pool.give(self._held)
+        self._held = 0
+        self._chunks = []
 
     def finish(self) -> None:
         """The whole message is in: no more writes."""
@@ -45,9 +93,19 @@ class SpoolFile:
 
     def read(self) -> bytes:
         """The whole text, for code that wants it in memory (process_message)."""
+        if self.path is None:
+            return b"".join(self._chunks)
         return Path(self.path).read_bytes()
 
     def blocks(self, size: int = BLOCK, *, start: int = 0) -> Iterator[bytes]:
+        if self.path is None:
+            for chunk in self._chunks:
+                if start >= len(chunk):
+                    start -= len(chunk)
+                    continue
+                yield chunk[start:] if start else chunk
+                start = 0
+            return
         with open(self.path, "rb", buffering=0) as f:
             f.seek(start)
             while block := f.read(size):
@@ -55,8 +113,16 @@ class SpoolFile:
 
     def remove(self) -> None:
         self.finish()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        self._release_memory()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @dataclass

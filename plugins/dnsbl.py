@@ -25,6 +25,7 @@ import dns.exception
 import dns.resolver
 
 from mmgate.hooks import Outcome, accept, reject
+from mmgate.networks import client_address
 from mmgate.smtp.replies import Reply
 
 log = logging.getLogger("mmgate.plugins.dnsbl")
@@ -34,12 +35,9 @@ BLOCKED = Reply(554, "5.7.1", "Service unavailable; client [{ip}] blocked using 
 
 def query_name(ip: str, zone: str) -> str | None:
     """The RFC 5782 name of ``ip`` in ``zone``; None for what is not an address."""
-    try:
-        address = ipaddress.ip_address(ip.split("%")[0])
-    except ValueError:
+    address = client_address(ip)
+    if address is None:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
     reverse = address.reverse_pointer.rsplit(".", 2)[0]  # drop in-addr.arpa / ip6.arpa
     return f"{reverse}.{zone.strip('.')}"
 

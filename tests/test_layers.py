@@ -22,6 +22,7 @@ FORBIDDEN = {
     "mmgate.settings": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.router": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.store": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
+    "mmgate.postmaster": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.relay": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.mailman": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.api": (

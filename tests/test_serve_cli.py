@@ -28,18 +28,19 @@ def mmgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
     )
 
 
-def start_serve(cwd: Path, port: int, api_port: int) -> subprocess.Popen[str]:
-    """``mmgate serve`` with nothing but its two ports, listening."""
+def start_serve(
+    cwd: Path, port: int, api_port: int, *extra: str, command: list[str] | None = None
+) -> subprocess.Popen[str]:
+    """``mmgate serve`` with its two ports (and ``extra`` flags), listening."""
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "mmgate",
+            *(command or [sys.executable, "-m", "mmgate"]),
             "serve",
             "--listen",
             f"127.0.0.1:{port}",
             "--api-bind",
             f"127.0.0.1:{api_port}",
+            *extra,
         ],
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -244,19 +245,9 @@ def test_the_api_child_dies_with_serve_and_never_runs_code_from_the_current_dire
     (trap / "__init__.py").write_text(f"open({str(tmp_path / 'TRAPPED')!r}, 'w').close()\n")
     (trap / "__main__.py").write_text("")
     port, api_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mmgate")),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--api-bind",
-            f"127.0.0.1:{api_port}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    # the console script, so that serve itself is not run from this directory
+    proc = start_serve(
+        tmp_path, port, api_port, command=[str(Path(sys.executable).with_name("mmgate"))]
     )
     try:
         wait_for_port(api_port, proc, "the admin API beside mmgate serve", timeout=60)
@@ -290,26 +281,8 @@ def test_sighup_reloads_relay_control_and_plugins_without_dropping_a_session(tmp
     write(
         '"192.0.2.0/24"', '[[plugins]]\nname = "access"\nsenders = [["spam.example", "REJECT"]]\n'
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mmgate",
-            "serve",
-            "--config",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--api-bind",
-            f"127.0.0.1:{api_port}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_serve(tmp_path, port, api_port, "--config", str(config))
     try:
-        wait_for_port(port, proc, "mmgate serve")
         wait_for_port(api_port, proc, "the admin API beside mmgate serve", timeout=60)
         api_master = _api_children(api_port, parent=proc.pid)
         assert len(api_master) == 1

@@ -27,7 +27,11 @@ def _spool_files(spool: Path) -> list[Path]:
 
 def test_process_message_gets_the_whole_message_as_smtpd_gave_it(tmp_path: Path):
     server = Recorder(
-        ("127.0.0.1", 0), None, spool_threshold=THRESHOLD, spool_dir=tmp_path / "spool"
+        ("127.0.0.1", 0),
+        None,
+        spool_threshold=THRESHOLD,
+        spool_memory=0,
+        spool_dir=tmp_path / "spool",
     )
     with serving(server) as address, smtplib.SMTP(*address) as client:
         client.sendmail("a@example.com", ["b@example.org"], POST)
@@ -38,7 +42,11 @@ def test_process_message_gets_the_whole_message_as_smtpd_gave_it(tmp_path: Path)
 def test_a_spooled_message_is_relayed_from_its_file(tmp_path: Path):
     with Upstream() as up:
         server = PureProxy(
-            ("127.0.0.1", 0), up.address, spool_threshold=THRESHOLD, spool_dir=tmp_path / "spool"
+            ("127.0.0.1", 0),
+            up.address,
+            spool_threshold=THRESHOLD,
+            spool_memory=0,
+            spool_dir=tmp_path / "spool",
         )
         with serving(server) as address, smtplib.SMTP(*address) as client:
             client.sendmail("a@example.com", ["b@example.org"], POST)
@@ -54,6 +62,7 @@ def test_a_spooled_post_is_queued_for_mailman_as_a_small_one_is(mm: MailmanEnv, 
         None,
         mailman=mm.mailman,
         spool_threshold=THRESHOLD,
+        spool_memory=0,
         spool_dir=tmp_path / "spool",
     )
     with serving(server) as address, smtplib.SMTP(*address) as client:
@@ -73,6 +82,7 @@ def test_a_spooled_post_reaches_a_remote_mailman_over_lmtp(mm: MailmanEnv, rest:
             None,
             mailman=remote(mm, rest),
             spool_threshold=THRESHOLD,
+            spool_memory=0,
             spool_dir=tmp_path / "spool",
         )
         with serving(server) as address, smtplib.SMTP(*address) as client:
@@ -88,6 +98,7 @@ def test_data_beyond_the_memory_budget_is_452_4_3_1(tmp_path: Path):
         ("127.0.0.1", 0),
         None,
         spool_threshold=THRESHOLD,
+        spool_memory=0,
         memory_budget=THRESHOLD,
         spool_dir=tmp_path / "spool",
     )
@@ -107,7 +118,9 @@ def test_data_beyond_the_memory_budget_is_452_4_3_1(tmp_path: Path):
 def test_a_spool_that_cannot_be_written_is_452_and_nothing_is_delivered(tmp_path: Path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("in the way")
-    server = Recorder(("127.0.0.1", 0), None, spool_threshold=THRESHOLD, spool_dir=not_a_dir)
+    server = Recorder(
+        ("127.0.0.1", 0), None, spool_threshold=THRESHOLD, spool_memory=0, spool_dir=not_a_dir
+    )
     with serving(server) as address, smtplib.SMTP(*address) as client:
         client.ehlo("client.example")
         client.mail("a@example.com")
@@ -119,3 +132,35 @@ def test_a_spool_that_cannot_be_written_is_452_and_nothing_is_delivered(tmp_path
             == {}
         )
     assert [len(m["data"]) for m in server.messages] == [len(b"Subject: small\n\nx")]
+
+
+def test_within_the_memory_pool_a_large_message_never_touches_the_disk(tmp_path: Path):
+    spool = tmp_path / "spool"
+    server = Recorder(
+        ("127.0.0.1", 0),
+        None,
+        spool_threshold=THRESHOLD,
+        spool_memory=8 * THRESHOLD * 64,
+        spool_dir=spool,
+    )
+    with serving(server) as address, smtplib.SMTP(*address) as client:
+        client.sendmail("a@example.com", ["b@example.org"], POST)
+    assert server.messages[0]["data"] == POST[:-2].replace(b"\r\n", b"\n")
+    assert not spool.exists()
+    assert server.spool_memory.used == 0  # all given back
+
+
+def test_beyond_the_memory_pool_a_message_spills_to_disk_whole(tmp_path: Path):
+    spool = tmp_path / "spool"
+    server = Recorder(
+        ("127.0.0.1", 0),
+        None,
+        spool_threshold=THRESHOLD,
+        spool_memory=3 * THRESHOLD,
+        spool_dir=spool,
+    )
+    with serving(server) as address, smtplib.SMTP(*address) as client:
+        client.sendmail("a@example.com", ["b@example.org"], POST)
+    assert server.messages[0]["data"] == POST[:-2].replace(b"\r\n", b"\n")
+    assert spool.is_dir() and _spool_files(spool) == []
+    assert server.spool_memory.used == 0

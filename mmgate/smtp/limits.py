@@ -40,6 +40,10 @@ IDLE_TIMEOUT = 300.0
 #: arrives: a list post is mostly far smaller, and a session then holds
 #: about this much whatever the message's size (benchmarks/memory.py).
 SPOOL_THRESHOLD = 256 * 1024
+#: Spooled text all sessions together may keep in memory before it spills
+#: to files: within it large messages cost no disk I/O, beyond it memory no
+#: longer grows with what clients send.
+SPOOL_MEMORY = 64 * 1024 * 1024
 #: Message text all sessions together may hold in memory; each session in
 #: DATA counts SPOOL_THRESHOLD against it, so 256 at once by default.
 MEMORY_BUDGET = 64 * 1024 * 1024

@@ -218,18 +218,25 @@ class Session:
             raise ProtocolError(replies.SYNTAX_EHLO if extended else replies.SYNTAX_HELO)
         return Hello(arg, extended)
 
-    def mail(self, arg: str | None) -> MailFrom:
-        """MAIL's argument, parsed and checked; the sequence is the caller's
-        to check (:meth:`interpret` does, as the channel does before it
-        dispatches)."""
-        syntax = replies.SYNTAX_MAIL_EXT if self.extended_smtp else replies.SYNTAX_MAIL
-        arg = paths.strip_keyword("FROM:", arg)
+    def _path_and_params(
+        self, keyword: str, arg: str | None, syntax: Reply
+    ) -> tuple[str, str, dict[str, str | None]]:
+        """``FROM:<path> params`` (or ``TO:``): the path, the parameter text and
+        the parameters. RFC 5321 4.1.1.2: parameters only after EHLO."""
+        arg = paths.strip_keyword(keyword, arg)
         if not arg:
             raise ProtocolError(syntax)
         path, text = paths.split_path(arg, syntax)
         if text and not self.extended_smtp:
             raise ProtocolError(syntax)
-        params = paths.parse_params(text, syntax)
+        return path, text, paths.parse_params(text, syntax)
+
+    def mail(self, arg: str | None) -> MailFrom:
+        """MAIL's argument, parsed and checked; the sequence is the caller's
+        to check (:meth:`interpret` does, as the channel does before it
+        dispatches)."""
+        syntax = replies.SYNTAX_MAIL_EXT if self.extended_smtp else replies.SYNTAX_MAIL
+        path, text, params = self._path_and_params("FROM:", arg, syntax)
         rest = dict(params)
         smtputf8 = False
         if "SMTPUTF8" in rest and self.config.smtputf8:
@@ -264,13 +271,7 @@ class Session:
 
     def rcpt(self, arg: str | None) -> RcptTo:
         syntax = replies.SYNTAX_RCPT_EXT if self.extended_smtp else replies.SYNTAX_RCPT
-        arg = paths.strip_keyword("TO:", arg)
-        if not arg:
-            raise ProtocolError(syntax)
-        path, text = paths.split_path(arg, syntax)
-        if text and not self.extended_smtp:
-            raise ProtocolError(syntax)
-        params = paths.parse_params(text, syntax)
+        path, text, params = self._path_and_params("TO:", arg, syntax)
         if params:
             raise ProtocolError(replies.RCPT_PARAMS_UNKNOWN)
         address = paths.check_mailbox(
