@@ -16,9 +16,10 @@ when its transaction ends, whatever the outcome.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,10 +114,34 @@ class SpoolFile:
 
     def remove(self) -> None:
         self.finish()
+        held = self._held
         self._release_memory()
+        if held:
+            give_back_memory()  # a large message's chunks: back to the system
         if self.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def give_back_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim).
+
+    Freed large buffers otherwise stay in the process's heap: after a burst
+    of large messages, memory would not come back.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -139,6 +139,18 @@ def test_invalid_size_parameter_is_501(client):
     assert client.cmd("MAIL FROM:<eggs@example> SIZE=invalid")[0] == 501
 
 
+@pytest.mark.parametrize("digits", ["\u00b2", "\u0663\u0664", "\uff11\uff12"])
+def test_a_size_in_non_ascii_digits_is_501_and_the_session_goes_on(client, digits):
+    # str.isdigit() says yes to all of these; int() refused "²" (the session died)
+    # and read the others as numbers. RFC 1870: SIZE is ASCII digits only.
+    ehlo(client)
+    assert client.cmd(f"MAIL FROM:<eggs@example> SIZE={digits}".encode()) == (
+        501,
+        "5.5.4 Error: SIZE takes a number of octets",
+    )
+    assert client.cmd("NOOP")[0] == 250
+
+
 def test_size_over_the_limit_is_552_before_any_data(client):
     ehlo(client)
     assert client.cmd(f"MAIL FROM:<eggs@example> SIZE={33554432 + 1}") == (

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import email
 import email.utils
 import logging
@@ -40,7 +39,7 @@ from mmgate.mailman.backend import MailmanUnavailable, Staged
 from mmgate.mailman.routing import Route, Snapshot
 from mmgate.mailman.spool import QueueFile, QueueWriter, queue_file
 from mmgate.smtp.replies import Reply
-from mmgate.spoolfile import Spooled
+from mmgate.spoolfile import Spooled, give_back_memory
 
 log = logging.getLogger("mmgate.mailman")
 T = TypeVar("T")
@@ -61,23 +60,7 @@ def _one_large_at_a_time() -> Iterator[None]:
         try:
             yield
         finally:
-            _give_back_memory()
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None  # not glibc
-    return trim
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def _give_back_memory() -> None:
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+            give_back_memory()
 
 
 _init_lock = threading.Lock()
