@@ -83,6 +83,12 @@ def _bind(localaddr: tuple[str, int], backlog: int) -> socket.socket:
     return sock
 
 
+def _failed(peer: Any) -> Reply:
+    """process_message raised: said in the log, answered 451 4.3.0."""
+    log.exception("%s: process_message failed; answered 451", peer)
+    return replies.LOCAL_ERROR
+
+
 async def _ready(value: Any) -> Any:
     """``value``, awaited if it is awaitable."""
     if inspect.isawaitable(value):
@@ -300,8 +306,7 @@ class SMTPServer:
                 peer, mailfrom, rcpttos, cast(Any, data), **self._options(channel)
             )
         except Exception:
-            log.exception("%s: process_message failed; answered 451", peer)
-            result = replies.LOCAL_ERROR
+            result = _failed(peer)
         finally:
             current_channel.reset(token)
         if inspect.isawaitable(result):  # a plain def that hands back a coroutine
@@ -319,8 +324,7 @@ class SMTPServer:
         try:
             result = await pending
         except Exception:
-            log.exception("%s: process_message failed; answered 451", peer)
-            return replies.LOCAL_ERROR
+            return _failed(peer)
         return self._as_reply(result, peer)
 
     async def _run_process_message(
@@ -350,8 +354,7 @@ class SMTPServer:
                     self._serial = ThreadPoolExecutor(1, thread_name_prefix="process_message")
                 result = await asyncio.get_running_loop().run_in_executor(self._serial, call)
         except Exception:
-            log.exception("%s: process_message failed; answered 451", peer)
-            return replies.LOCAL_ERROR
+            return _failed(peer)
         return await self._finish(_ready(result), peer)
 
     @staticmethod
