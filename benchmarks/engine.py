@@ -5,8 +5,8 @@
 Each server runs alone in a child process; the load comes from Postfix's
 ``smtp-source`` (C, apt package ``postfix``), so the client is not the
 bottleneck, and from a Python client for the idle and latency figures.
-Prints each figure for both servers and the ratio against the goals of
-issue 2. Traffic stays on 127.0.0.1.
+Prints each figure for both servers and the ratio against the engine's
+goals. Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations

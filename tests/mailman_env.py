@@ -1,8 +1,8 @@
 """A real Mailman core for the tests, in a temporary var directory.
 
 Mailman's configuration is global to a process, so one Mailman is created
-per test session (see conftest.py), with fast runner polling as measured in
-MAILMAN-NOTES, and a capture SMTP server as its outgoing host so that what
+per test session (see conftest.py), with fast runner polling
+(``FAST_RUNNERS``), and a capture SMTP server as its outgoing host so that what
 Mailman sends to members can be read back. Queue entries are read with
 Mailman's own Switchboard.
 """

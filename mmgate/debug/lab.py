@@ -3,7 +3,7 @@
 The lab writes a Mailman home (a temporary directory unless ``--var-dir``)
 whose outgoing SMTP host is the debug server itself, creates the lists and
 members asked for, and starts Mailman's own runners (``mailman start``, with
-the fast polling of MAILMAN-NOTES). Posts to the lists are injected for real;
+a 0.1 s runner polling, see ``FAST_RUNNERS``). Posts to the lists are injected for real;
 what Mailman sends back (copies to members, moderation notices, command
 replies, welcome messages) arrives at the debug server and is shown. On exit
 the runners are stopped (``mailman stop``) and waited for, so nothing is

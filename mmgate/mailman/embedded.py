@@ -7,9 +7,10 @@ in-process. Mailman's outgoing SMTP host is mmgate itself, so the copies
 Mailman sends to members come back through the gateway. Its ``site_owner``
 is ``postmaster@localhost``, which the gateway always delivers (into
 ``VAR/postmaster/``, or to ``[smtp] postmaster``), so Mailman's own
-notices to the site owner can never loop or bounce. The settings are
-those measured in MAILMAN-NOTES: an absolute ``var_dir`` (the default
-layout's ``$PWD/var`` is a trap) and the null MTA.
+notices to the site owner can never loop or bounce. Two settings matter:
+an absolute ``var_dir`` (Mailman's default layout puts its var directory
+in ``$PWD/var``, wherever the command happens to run) and the null MTA
+(the default Postfix hook runs postmap, and fails without Postfix).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ admin_pass: {rest_pass}
 
 
 #: Runner polling for a lab or a test: injection to delivery drops from
-#: ~1.3 s to ~0.12 s (MAILMAN-NOTES). Not for production, where it only burns CPU.
+#: ~1.3 s to ~0.12 s, measured on this project's machines. Not for
+#: production, where it only burns CPU.
 FAST_RUNNERS = "".join(
     f"\n[runner.{name}]\nsleep_time: 0.1s\n"
     for name in ("in", "pipeline", "out", "command", "virgin", "bounces")
