@@ -408,7 +408,7 @@ def run_serve(argv: Sequence[str]) -> int:
         except (config.ConfigError, UsageError) as exc:
             log.error("reload refused, settings unchanged: %s", exc)
             return
-        server.relay_policy = server.router.policy = new.policy
+        server.relay_policy = new.policy
         server.postmaster = new.postmaster
         server.router.stale_after = new.stale_after
         server.directory.refresh_interval = new.refresh_interval

@@ -32,6 +32,7 @@ from mmgate.mailman.routing import Route, RouteKind, Snapshot, classify
 from mmgate.postmaster import Mailbox
 from mmgate.proxy import PureProxy, RelaySteps, log_no_relay, refusal, size_of, with_head
 from mmgate.relay import replies as relay_replies
+from mmgate.relay.policy import RelayPolicy
 from mmgate.relay.trace import new_id
 from mmgate.relay.upstream import RelayTransaction
 from mmgate.router import Action, Router
@@ -163,8 +164,17 @@ class MailmanProxy(PureProxy):
         self.postmaster_box = Mailbox(Path(var_dir) / "postmaster")
         kwargs.setdefault("spool_dir", Path(var_dir) / "spool")
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
-        self.router.policy = self.relay_policy
         self.router.local_domains = frozenset({"localhost", self.fqdn.lower()})
+
+    @property
+    def relay_policy(self) -> RelayPolicy:
+        """Relay control lives in the router, which decides for RCPT; this is
+        the same object, so setting either (a reload) changes both."""
+        return self.router.policy
+
+    @relay_policy.setter
+    def relay_policy(self, policy: RelayPolicy) -> None:
+        self.router.policy = policy
 
     def final_hooks(self) -> list[object]:
         return [GatewaySteps(self)]

@@ -371,15 +371,21 @@ class SMTPServer:
         return replies.LOCAL_ERROR
 
     # -- the memory budget for message text ------------------------------
+    @property
+    def _message_share(self) -> int:
+        """What a session in DATA may hold in memory: up to the spool
+        threshold, or the whole message when nothing is spooled."""
+        return self.spool_threshold or self.limits.message_size or 0
+
     def _reserve_message(self) -> bool:
-        share = self.spool_threshold or self.limits.message_size or 0
+        share = self._message_share
         if self.memory_budget and self._in_memory + share > self.memory_budget:
             return False
         self._in_memory += share
         return True
 
     def _release_message(self) -> None:
-        self._in_memory -= self.spool_threshold or self.limits.message_size or 0
+        self._in_memory -= self._message_share
 
     # -- admission -------------------------------------------------------
     def _admission(self, peer: Any) -> Reply | None:

@@ -56,10 +56,6 @@ class SpoolFile:
         self._chunks: list[bytes] = []
         self._held = 0  # octets taken from the pool
 
-    @property
-    def on_disk(self) -> bool:
-        return self.path is not None
-
     def write(self, data: bytes) -> None:
         if self.path is None:
             if self.pool is not None and self.pool.take(len(data)):
