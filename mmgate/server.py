@@ -44,7 +44,7 @@ from mmgate.smtp.limits import (
     Limits,
 )
 from mmgate.smtp.replies import Reply
-from mmgate.spoolfile import MemoryPool, Spooled
+from mmgate.spoolfile import MemoryPool, Spooled, map_large_blocks
 
 log = logging.getLogger("mmgate.smtp")
 
@@ -493,6 +493,7 @@ async def _serve_until_signalled(
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    map_large_blocks()  # this process serves: large messages' memory comes back
     installed = []
     handlers: list[tuple[signal.Signals, Callable[[], None]]] = [
         (signal.SIGTERM, stop.set),

@@ -24,17 +24,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BLOCK = 256 * 1024
+#: One message keeps at most this much of its spooled text in memory; a
+#: larger one goes to disk whole (benchmarks/memory.py: a 24 MiB post held
+#: in memory peaked at 4x its size while Mailman's copy was made, on disk
+#: under 3x; benchmarks/smtpd_path.py showed no throughput lost to it).
+SPOOL_MEMORY_EACH = 4 * 1024 * 1024
 
 
 class MemoryPool:
-    """How much spooled text all sessions of a server may keep in memory."""
+    """How much spooled text all sessions of a server may keep in memory,
+    and one message at most (``each``): a message past ``each`` goes to
+    disk whole, since parsing a message for Mailman and pickling it costs
+    about twice its size, and its text held in memory beside them would
+    make that three times (benchmarks/memory.py)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, each: int = SPOOL_MEMORY_EACH) -> None:
         self.limit = limit
+        self.each = each
         self.used = 0
 
-    def take(self, octets: int) -> bool:
-        if self.used + octets > self.limit:
+    def take(self, octets: int, held: int = 0) -> bool:
+        """Room for ``octets`` more of a message that keeps ``held`` already."""
+        if self.used + octets > self.limit or held + octets > self.each:
             return False
         self.used += octets
         return True
@@ -58,7 +69,7 @@ class SpoolFile:
 
     def write(self, data: bytes) -> None:
         if self.path is None:
-            if self.pool is not None and self.pool.take(len(data)):
+            if self.pool is not None and self.pool.take(len(data), self._held):
                 self._chunks.append(data)
                 self._held += len(data)
                 self.size += len(data)
@@ -128,6 +139,30 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _load_malloc_trim()
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+#: Blocks at least this big get a mapping of their own.
+LARGE_BLOCK = 1024 * 1024
+
+
+def map_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
+    """Give every block of at least ``threshold`` octets its own mapping,
+    returned to the system the moment it is freed (glibc's mallopt).
+
+    glibc starts at 128 KiB but, once a large block is freed, raises its
+    threshold to that block's size (up to 32 MiB); a large message's text,
+    parse and pickle then come from the heap of whichever thread prepared
+    it, and a thread's heap is not shrunk by malloc_trim. Measured with
+    benchmarks/memory.py: after twelve 24 MiB posts, 28 MiB stayed resident
+    in one worker's heap; with a fixed threshold, memory comes back. The
+    cost is a fresh mapping per large block, small beside the message's
+    own I/O. For the process that serves (``SMTPServer.serve_forever``,
+    ``loop``, ``mmgate serve``); a no-op where glibc is absent.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def give_back_memory() -> None:

@@ -248,9 +248,9 @@ def test_transactions_show_in_stats_and_journal(mm, api, store_url):
             "outcome": 550,
         }
     ]
-    assert api.simulate_get(
-        "/v1/messages", params={"outcome": "refused"}, headers=AUTH
-    ).json["entries"] == [refused]
+    assert api.simulate_get("/v1/messages", params={"outcome": "refused"}, headers=AUTH).json[
+        "entries"
+    ] == [refused]
     assert entry["sender"] == "alice@example.org" and entry["outcome"] == 250
     assert entry["message_id"] == "<j-1@example.org>"
     assert [r["route"] for r in entry["recipients"]] == [

@@ -71,8 +71,7 @@ def test_plain_message_shows_envelope_routes_and_smtpd_format(mm):
         "nolist@example.com"
     ) in text
     assert (
-        "<bob@elsewhere.example>     reject 451 4.3.5 Relaying is not configured here yet"
-        in text
+        "<bob@elsewhere.example>     reject 451 4.3.5 Relaying is not configured here yet" in text
     )
     assert text.endswith(
         "---------- MESSAGE FOLLOWS ----------\nFrom: alice@example.org\nSubject: plain\n"

@@ -230,9 +230,7 @@ def test_total_connection_cap_is_421_4_7_0():
 
 
 def test_per_client_cap_is_421_and_loopback_exemption_is_a_setting():
-    server = Recorder(
-        ("127.0.0.1", 0), None, max_connections_per_client=1, per_client_exempt=()
-    )
+    server = Recorder(("127.0.0.1", 0), None, max_connections_per_client=1, per_client_exempt=())
     with serving(server) as address, RawClient(address) as a:
         assert a.reply()[0] == 220
         with RawClient(address) as b:

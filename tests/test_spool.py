@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import pickle
+import weakref
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,19 @@ def test_a_failed_write_raises_and_leaves_nothing_behind(mm: MailmanEnv, tmp_pat
 def test_unknown_sync_mode_is_refused():
     with pytest.raises(ValueError, match="sync must be"):
         QueueWriter("sometimes")
+
+
+def test_the_writer_keeps_no_message_once_it_is_written(mm: MailmanEnv):
+    """An idle writer thread must not hold its last batch: those are whole
+    pickled messages, and memory would not come back after a large post."""
+    from mailman.config import config
+
+    writer = QueueWriter("batch")
+    qf = entry(mm, config.switchboards["in"].queue_directory, "gone")
+    gone = weakref.ref(qf)
+
+    asyncio.run(writer.write([qf]))
+    del qf
+    gc.collect()
+    assert gone() is None
+    assert len(mm.drain("in")) == 1

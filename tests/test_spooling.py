@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mmgate import PureProxy
 from mmgate.gateway import MailmanProxy
+from mmgate.spoolfile import MemoryPool
 from tests.harness import RawClient, Recorder, serving
 from tests.mailman_env import MailmanEnv
 from tests.test_remote import remote, rest  # noqa: F401 - the module's REST fixture
@@ -163,4 +164,16 @@ def test_beyond_the_memory_pool_a_message_spills_to_disk_whole(tmp_path: Path):
         client.sendmail("a@example.com", ["b@example.org"], POST)
     assert server.messages[0]["data"] == POST[:-2].replace(b"\r\n", b"\n")
     assert spool.is_dir() and _spool_files(spool) == []
+    assert server.spool_memory.used == 0
+
+
+def test_a_message_past_its_own_memory_share_goes_to_disk_whole(tmp_path: Path):
+    spool = tmp_path / "spool"
+    server = Recorder(("127.0.0.1", 0), None, spool_threshold=THRESHOLD, spool_dir=spool)
+    # room for the whole message in the pool, but not within one message's share
+    server.spool_memory = MemoryPool(len(POST) * 4, each=len(POST) // 2)
+    with serving(server) as address, smtplib.SMTP(*address) as client:
+        client.sendmail("a@example.com", ["b@example.org"], POST)
+    assert server.messages[0]["data"] == POST[:-2].replace(b"\r\n", b"\n")
+    assert spool.is_dir() and _spool_files(spool) == []  # it was spilled, and removed
     assert server.spool_memory.used == 0

@@ -29,7 +29,7 @@ import pickle
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from email.feedparser import BytesFeedParser
 from pathlib import Path
@@ -51,16 +51,6 @@ QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Mailman's queue is not available, try a
 INLINE_LIMIT = 64 * 1024
 _initialized: list[str] = []  # the config Mailman was initialized with here
 _ONE_LARGE = threading.Lock()
-
-
-@contextlib.contextmanager
-def _one_large_at_a_time() -> Iterator[None]:
-    """One large message prepared at a time, its memory given back after."""
-    with _ONE_LARGE:
-        try:
-            yield
-        finally:
-            give_back_memory()
 
 
 _init_lock = threading.Lock()
@@ -219,59 +209,76 @@ class LocalMailman:
         Spooled (large) messages are prepared one at a time, and the memory
         their parse and pickle used is handed back to the system afterwards
         (malloc_trim): a parsed message and its pickle are about twice its
-        size, and a dozen large posts ending at once must not add up.
+        size, and a dozen large posts ending at once must not add up. The
+        trim runs once ``_entries`` has returned, when the parsed message
+        and its pickle are no longer referenced by its frame.
         """
-        with _one_large_at_a_time() if isinstance(data, Spooled) else contextlib.nullcontext():
-            from mailman.config import config
-            from mailman.email.message import Message
-            from mailman.utilities.datetime import now
-            from mailman.utilities.email import add_message_hash
-
+        if not isinstance(data, Spooled):
+            return self._entries(data, mail_from, routes, snap, direct)
+        with _ONE_LARGE:
             try:
-                if isinstance(data, Spooled):
-                    # parsed from the file a block at a time: the raw text is
-                    # never held whole beside the parsed message
-                    parser = BytesFeedParser(Message)
-                    for block in data.blocks():
-                        parser.feed(block)
-                    msg = parser.close()
-                    size = data.size
-                else:
-                    msg = email.message_from_bytes(data, Message)
-                    size = len(data)
-                msg.set_unixfrom(mail_from)
-            except Exception:
-                log.exception("cannot parse a message for Mailman")
-                return QUEUE_UNAVAILABLE
-            message_id = msg.get("message-id")
-            if message_id is None:
-                message_id = email.utils.make_msgid()
-                msg["Message-ID"] = message_id
-            new_mid = re.sub(r"^<?\[(.*)\]>?", r"<\1>", message_id)
-            if new_mid != message_id:
-                msg.replace_header("Message-ID", new_mid)
-            if msg.defects:
-                return DEFECTS
-            msg.original_size = size
-            add_message_hash(msg)
-            msg["X-MailFrom"] = mail_from
-            received_time = now()
-            msgsave = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
-            files = []
-            for route in routes:
-                assert route.queue is not None
-                directory = (
-                    config.switchboards[route.queue].queue_directory
-                    if direct
-                    else self._staging[route.queue]
-                )
-                msgdata = route.msgdata(
-                    original_size=msg.original_size,
-                    received_time=received_time,
-                    site_owner=snap.site_owner,
-                )
-                files.append(queue_file(directory, msgsave, msgdata, config.QFILE_SCHEMA_VERSION))
-            return files, str(msg["message-id"])
+                return self._entries(data, mail_from, routes, snap, direct)
+            finally:
+                give_back_memory()
+
+    def _entries(
+        self,
+        data: bytes | Spooled,
+        mail_from: str,
+        routes: list[Route],
+        snap: Snapshot,
+        direct: bool,
+    ) -> tuple[list[QueueFile], str] | Reply:
+        from mailman.config import config
+        from mailman.email.message import Message
+        from mailman.utilities.datetime import now
+        from mailman.utilities.email import add_message_hash
+
+        try:
+            if isinstance(data, Spooled):
+                # parsed from the file a block at a time: the raw text is
+                # never held whole beside the parsed message
+                parser = BytesFeedParser(Message)
+                for block in data.blocks():
+                    parser.feed(block)
+                msg = parser.close()
+                size = data.size
+            else:
+                msg = email.message_from_bytes(data, Message)
+                size = len(data)
+            msg.set_unixfrom(mail_from)
+        except Exception:
+            log.exception("cannot parse a message for Mailman")
+            return QUEUE_UNAVAILABLE
+        message_id = msg.get("message-id")
+        if message_id is None:
+            message_id = email.utils.make_msgid()
+            msg["Message-ID"] = message_id
+        new_mid = re.sub(r"^<?\[(.*)\]>?", r"<\1>", message_id)
+        if new_mid != message_id:
+            msg.replace_header("Message-ID", new_mid)
+        if msg.defects:
+            return DEFECTS
+        msg.original_size = size
+        add_message_hash(msg)
+        msg["X-MailFrom"] = mail_from
+        received_time = now()
+        msgsave = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
+        files = []
+        for route in routes:
+            assert route.queue is not None
+            directory = (
+                config.switchboards[route.queue].queue_directory
+                if direct
+                else self._staging[route.queue]
+            )
+            msgdata = route.msgdata(
+                original_size=msg.original_size,
+                received_time=received_time,
+                site_owner=snap.site_owner,
+            )
+            files.append(queue_file(directory, msgsave, msgdata, config.QFILE_SCHEMA_VERSION))
+        return files, str(msg["message-id"])
 
     def _commit(self, staged: Staged) -> None:
         from mailman.config import config

@@ -125,13 +125,18 @@ class QueueWriter:
                     self._wake.wait()
                 batch = list(self._jobs)
                 self._jobs.clear()
-            errors = self._write_batch([files for (files, _), _ in batch])
-            results: dict[asyncio.AbstractEventLoop, list[tuple[Any, BaseException | None]]] = {}
-            for ((_, done), loop), error in zip(batch, errors, strict=True):
-                results.setdefault(loop, []).append((done, error))
-            for loop, outcomes in results.items():
-                with contextlib.suppress(RuntimeError):  # that loop has closed
-                    loop.call_soon_threadsafe(_settle, outcomes)
+            self._turn(batch)
+            # the batch holds the messages' text: not kept while idle
+            del batch
+
+    def _turn(self, batch: list[tuple[_Job, asyncio.AbstractEventLoop]]) -> None:
+        errors = self._write_batch([files for (files, _), _ in batch])
+        results: dict[asyncio.AbstractEventLoop, list[tuple[Any, BaseException | None]]] = {}
+        for ((_, done), loop), error in zip(batch, errors, strict=True):
+            results.setdefault(loop, []).append((done, error))
+        for loop, outcomes in results.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_settle, outcomes)
 
     def _write_batch(self, jobs: list[list[QueueFile]]) -> list[BaseException | None]:
         each_file = self.sync == "file"
