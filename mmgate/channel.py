@@ -66,6 +66,8 @@ class SMTPChannel(asyncio.Protocol):
 
     COMMAND = 0
     DATA = 1
+    #: RFC 2033 LMTP instead of SMTP (see :mod:`mmgate.lmtp`)
+    lmtp = False
 
     seen_greeting = _delegate("seen_greeting", "The name the client gave in HELO/EHLO.")
     extended_smtp = _delegate("extended_smtp", "True after EHLO.")
@@ -105,6 +107,7 @@ class SMTPChannel(asyncio.Protocol):
                 eight_bit=not decode_data,
                 max_errors=server.max_bad_commands,
                 chunk_size=server.spool_threshold or None,
+                lmtp=self.lmtp,
             )
         )
         self._reserved = False  # this session's share of the memory budget
@@ -508,15 +511,20 @@ class SMTPChannel(asyncio.Protocol):
         self._resume()
 
     def _end_transaction(self, reply: Reply | str) -> None:
+        recipients = len(self.session.rcpttos)
         self.transaction_ended()
         accepted = reply.is_success if isinstance(reply, Reply) else reply[:1] == "2"
         self.session.end_transaction(accepted=accepted)
         self.received_data = ""
         self._drop_message()
-        self.push(reply)
+        self.answer_message(reply, recipients)
         if self.smtp_server.shutting_down and not self._closing:
             self.session.close(replies.SHUTTING_DOWN)
             self.close_when_done()
+
+    def answer_message(self, reply: Reply | str, recipients: int) -> None:
+        """Say the verdict on a received message: one reply in SMTP."""
+        self.push(reply)
 
     # -- timers and shutdown ---------------------------------------------
     def _arm_idle_timer(self, loop: asyncio.AbstractEventLoop) -> None:

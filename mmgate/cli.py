@@ -339,6 +339,11 @@ def run_serve(argv: Sequence[str]) -> int:
         prog="mmgate serve", description="The gateway: list mail into Mailman, the rest relayed."
     )
     parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8025")
+    parser.add_argument(
+        "--lmtp",
+        metavar="HOST:PORT",
+        help="also an LMTP listener (RFC 2033), in the place of Mailman's LMTP runner",
+    )
     add_gateway_options(parser)
     parser.add_argument(
         "--postmaster",
@@ -379,6 +384,18 @@ def run_serve(argv: Sequence[str]) -> int:
         raise UsageError(
             f"cannot listen on {settings.listen[0]}:{settings.listen[1]}: {exc.strerror or exc}"
         ) from None
+    lmtp = None
+    if settings.lmtp is not None:
+        from mmgate.lmtp import LMTPGateway
+
+        try:
+            # no plugins: the MTA in front applied its policy to the client
+            lmtp = LMTPGateway(settings.lmtp, server)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen for LMTP on {settings.lmtp[0]}:{settings.lmtp[1]}: "
+                f"{exc.strerror or exc}"
+            ) from None
     _log_to_stderr(args.debug)
     snap = server.router.snapshot
     logging.getLogger("mmgate").info(
@@ -389,6 +406,8 @@ def run_serve(argv: Sequence[str]) -> int:
         len(snap.domains),
         f"{settings.upstream[0]}:{settings.upstream[1]}" if settings.upstream else "not configured",
     )
+    if lmtp is not None:
+        logging.getLogger("mmgate").info("LMTP on %s:%d", *lmtp.address)
     if settings.upstream is None:
         logging.getLogger("mmgate").warning(
             "no relay configured: mail to other domains from trusted clients (Mailman's copies "
@@ -415,6 +434,7 @@ def run_serve(argv: Sequence[str]) -> int:
         server.set_plugins(plugins)
         for what, old, now in (
             ("listen", settings.listen, new.listen),
+            ("lmtp", settings.lmtp, new.lmtp),
             ("relay", settings.upstream, new.upstream),
             ("Mailman", settings.describe(), new.describe()),
         ):

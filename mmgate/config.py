@@ -31,6 +31,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "listen": (str, "HOST:PORT"),
         "postmaster": (str, "an address for postmaster mail (default: VAR/postmaster/)"),
     },
+    "lmtp": {
+        "listen": (str, "HOST:PORT (an LMTP listener, RFC 2033)"),
+    },
     "relay": {
         "upstream": (str, "HOST:PORT"),
         "networks": _STRINGS,

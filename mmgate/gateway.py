@@ -236,12 +236,27 @@ class MailmanProxy(PureProxy):
         **kwargs: Any,
     ) -> ProcessResult:
         channel = current_channel.get(None)
+        queue_id = new_id()
+        message = with_head(self.trace_header(channel, rcpttos, queue_id), data, self)
+        return await self.deliver(channel, peer, mailfrom, rcpttos, message, queue_id)
+
+    async def deliver(
+        self,
+        channel: SMTPChannel | None,
+        peer: Any,
+        mailfrom: str,
+        rcpttos: list[str],
+        message: bytes | Spooled,
+        queue_id: str,
+    ) -> Reply:
+        """One accepted message to every destination its session routed:
+        list copies staged, the relayed copy upstream, then the list copies
+        committed (or discarded), the postmaster's copy likewise. The reply
+        holds for every recipient: all of them got it, or none."""
         routes = self.routes_for(channel, rcpttos)
         relay: RelayTransaction | None = channel.txn.get("relay") if channel else None
         relayed = list(relay.recipients) if relay is not None else []
         to_postmaster: list[str] = channel.txn.get("postmaster", []) if channel else []
-        queue_id = new_id()
-        message = with_head(self.trace_header(channel, rcpttos, queue_id), data, self)
         staged: Staged | None = None
         reply: Reply = replies.MESSAGE_ACCEPTED.with_text(f"OK queued as {queue_id}")
         postmaster_copy = None

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from mmgate.config import STALE_AFTER
-from mmgate.mailman.routing import Route, RouteKind, Snapshot, classify
+from mmgate.mailman.routing import NO_SUCH_LIST, Route, RouteKind, Snapshot, classify
 from mmgate.relay.policy import RelayPolicy, relay_refusal
 from mmgate.smtp import paths, replies
 from mmgate.smtp.errors import ProtocolError
@@ -139,6 +139,21 @@ class Router:
             return Decision(route, Action.STALE, DIRECTORY_STALE)
         if route.kind is RouteKind.REJECT:
             return Decision(route, Action.REJECT, route.reply)
+        if route.list_id in self.paused():
+            return Decision(
+                route, Action.PAUSED, LIST_PAUSED.with_text(LIST_PAUSED.text.format(route.list_id))
+            )
+        return Decision(route, Action.LIST)
+
+    def decide_final(self, address: str, *, now: float | None = None) -> Decision:
+        """The verdict for final delivery (LMTP, RFC 2033): a list, or
+        nothing. Nothing is relayed, and postmaster is the MTA's in front."""
+        route = classify(address, self.snapshot)
+        if self.is_stale(now):
+            return Decision(route, Action.STALE, DIRECTORY_STALE)
+        if route.kind is not RouteKind.LIST:
+            reply = route.reply or NO_SUCH_LIST.with_text(NO_SUCH_LIST.text.format(address))
+            return Decision(route, Action.REJECT, reply)
         if route.list_id in self.paused():
             return Decision(
                 route, Action.PAUSED, LIST_PAUSED.with_text(LIST_PAUSED.text.format(route.list_id))

@@ -74,6 +74,8 @@ class GatewaySettings:
     plugins: tuple[config.PluginSpec, ...] = ()
     #: where postmaster mail goes (RFC 5321 4.5.1); None: VAR/postmaster/
     postmaster: str | None = None
+    #: where the LMTP listener (RFC 2033) listens; None: no LMTP
+    lmtp: tuple[str, int] | None = None
 
     @property
     def mailman_config_path(self) -> Path:
@@ -170,7 +172,13 @@ def load(
         api_workers=int(workers or 2),
         plugins=config.plugin_specs(cfg),
         postmaster=_postmaster(cfg, args),
+        lmtp=_lmtp(cfg, args),
     )
+
+
+def _lmtp(cfg: config.ConfigFile, args: argparse.Namespace) -> tuple[str, int] | None:
+    value, where = config.pick(cfg, "lmtp", "listen", getattr(args, "lmtp", None), "--lmtp", None)
+    return config.hostport(value, where=where) if value is not None else None
 
 
 def _postmaster(cfg: config.ConfigFile, args: argparse.Namespace) -> str | None:

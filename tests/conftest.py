@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,3 +23,10 @@ def mm(mailman_env: MailmanEnv) -> Iterator[MailmanEnv]:
     mailman_env.drain_all()
     yield mailman_env
     mailman_env.drain_all()
+
+
+@pytest.fixture(scope="module")
+def lmtp_runner(mailman_env: MailmanEnv) -> Iterator[Any]:
+    """Mailman's own LMTP runner, started as Mailman starts it."""
+    with mailman_env.runner("lmtp:0:1", mailman_env.lmtp_port) as proc:
+        yield proc

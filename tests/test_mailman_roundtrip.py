@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -93,12 +92,6 @@ MESSAGES = [
     b"From: alice@example.org\r\nSubject: no message id\r\n\r\nx\r\n",
     b"From: alice@example.org\r\nMessage-ID: [d-3@example.org]\r\n\r\nx\r\n",
 ]
-
-
-@pytest.fixture(scope="module")
-def lmtp_runner(mailman_env: MailmanEnv) -> Iterator[Any]:
-    with mailman_env.runner("lmtp:0:1", mailman_env.lmtp_port) as proc:
-        yield proc
 
 
 def lmtp_deliver(lmtp: smtplib.LMTP, sender: str, rcpts: list[str], body: bytes) -> list[int]:

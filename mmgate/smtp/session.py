@@ -53,6 +53,7 @@ from mmgate.smtp.state import Phase, Step
 
 _HELP_TOPICS = {
     "EHLO": "Syntax: EHLO hostname",
+    "LHLO": "Syntax: LHLO hostname",
     "HELO": "Syntax: HELO hostname",
     "MAIL": "Syntax: MAIL FROM: <address>",
     "RCPT": "Syntax: RCPT TO: <address>",
@@ -95,6 +96,9 @@ class SessionConfig:
     #: refusals (4xx, 5xx) since the last accepted message before the session
     #: is ended with 421 4.7.0, as Postfix's smtpd_hard_error_limit; 0: none
     max_errors: int = 20
+    #: RFC 2033 LMTP: LHLO instead of HELO and EHLO (which are unknown
+    #: commands), and one reply per accepted recipient after the message
+    lmtp: bool = False
 
 
 class Session:
@@ -201,7 +205,7 @@ class Session:
     def interpret(self, command: Command) -> Event:
         """The typed event of a command; ProtocolError with its reply if the
         command is out of sequence or malformed."""
-        parse = _PARSERS.get(command.verb)
+        parse = (_LMTP_PARSERS if self.config.lmtp else _PARSERS).get(command.verb)
         if parse is None:
             return Unknown(command.verb, command.arg)
         self.check_sequence(command.verb)
@@ -424,4 +428,9 @@ _PARSERS: dict[str, Callable[[Session, str | None], Event]] = {
     "EXPN": lambda s, arg: Expand(arg),
     "HELP": lambda s, arg: Help(arg),
     "QUIT": lambda s, arg: Quit(),
+}
+#: RFC 2033 4.1: LHLO replaces HELO and EHLO, which LMTP does not know.
+_LMTP_PARSERS: dict[str, Callable[[Session, str | None], Event]] = {
+    **{verb: parse for verb, parse in _PARSERS.items() if verb not in ("HELO", "EHLO")},
+    "LHLO": lambda s, arg: s.hello(arg, extended=True),
 }
