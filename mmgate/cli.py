@@ -344,6 +344,11 @@ def run_serve(argv: Sequence[str]) -> int:
         metavar="HOST:PORT",
         help="also an LMTP listener (RFC 2033), in the place of Mailman's LMTP runner",
     )
+    parser.add_argument(
+        "--socketmap",
+        metavar="HOST:PORT",
+        help="answer Postfix's lookup tables (socketmap: domains, recipients, transport)",
+    )
     add_gateway_options(parser)
     parser.add_argument(
         "--postmaster",
@@ -396,6 +401,19 @@ def run_serve(argv: Sequence[str]) -> int:
                 f"cannot listen for LMTP on {settings.lmtp[0]}:{settings.lmtp[1]}: "
                 f"{exc.strerror or exc}"
             ) from None
+    socketmap = None
+    if settings.socketmap is not None:
+        from mmgate.socketmap import SocketmapServer
+
+        try:
+            socketmap = SocketmapServer(
+                settings.socketmap, server.router, transport=settings.postfix_transport
+            )
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen for socketmap on {settings.socketmap[0]}:{settings.socketmap[1]}: "
+                f"{exc.strerror or exc}"
+            ) from None
     _log_to_stderr(args.debug)
     snap = server.router.snapshot
     logging.getLogger("mmgate").info(
@@ -408,6 +426,12 @@ def run_serve(argv: Sequence[str]) -> int:
     )
     if lmtp is not None:
         logging.getLogger("mmgate").info("LMTP on %s:%d", *lmtp.address)
+    if socketmap is not None:
+        logging.getLogger("mmgate").info(
+            "Postfix socketmap on %s:%d (list mail to %s)",
+            *socketmap.address,
+            settings.postfix_transport,
+        )
     if settings.upstream is None:
         logging.getLogger("mmgate").warning(
             "no relay configured: mail to other domains from trusted clients (Mailman's copies "
@@ -435,6 +459,7 @@ def run_serve(argv: Sequence[str]) -> int:
         for what, old, now in (
             ("listen", settings.listen, new.listen),
             ("lmtp", settings.lmtp, new.lmtp),
+            ("socketmap", settings.socketmap, new.socketmap),
             ("relay", settings.upstream, new.upstream),
             ("Mailman", settings.describe(), new.describe()),
         ):
@@ -467,6 +492,26 @@ def run_plugins(argv: Sequence[str]) -> int:
         print("no plugins configured ([[plugins]] tables in the --config file)")
     for n, (name, hooks) in enumerate(chain.describe(), 1):
         print(f"{n}. {name}: {' '.join(hooks) or '(no hooks)'}")
+    return 0
+
+
+def run_postfix(argv: Sequence[str]) -> int:
+    from mmgate.postfix import recipe
+
+    parser = _Parser(
+        prog="mmgate postfix",
+        description="The Postfix lines that put mmgate in front of Mailman, from the settings.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="as for mmgate serve")
+    parser.add_argument("--lmtp", metavar="HOST:PORT", help="as for mmgate serve")
+    parser.add_argument("--socketmap", metavar="HOST:PORT", help="as for mmgate serve")
+    args = parser.parse_args(argv)
+    settings = load_settings(
+        {"config": args.config, "lmtp": args.lmtp, "socketmap": args.socketmap},
+        listen_flag=args.listen,
+    )
+    print(recipe(settings), end="")
     return 0
 
 
@@ -637,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "debug": run_debug,
         "smtpd": run_smtpd,
         "plugins": run_plugins,
+        "postfix": run_postfix,
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(
@@ -646,7 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  route    what the gateway would do with an address\n"
             "  debug    show every message and its routes; --lab for a list round trip\n"
             "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)\n"
-            "  plugins  the plugins the configuration loads, in order"
+            "  plugins  the plugins the configuration loads, in order\n"
+            "  postfix  the Postfix lines that put mmgate in front of Mailman"
         )
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):

@@ -34,6 +34,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "lmtp": {
         "listen": (str, "HOST:PORT (an LMTP listener, RFC 2033)"),
     },
+    "postfix": {
+        "socketmap": (str, "HOST:PORT (Postfix's lookup tables, socketmap_table(5))"),
+    },
     "relay": {
         "upstream": (str, "HOST:PORT"),
         "networks": _STRINGS,

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from mmgate import runtime
 from mmgate._version import __version__
@@ -55,8 +55,31 @@ ProcessResult = str | Reply | None
 #: PureProxy's relay, a gateway) that needs the session behind the message.
 current_channel: contextvars.ContextVar[SMTPChannel] = contextvars.ContextVar("current_channel")
 
+
+class Listener(Protocol):
+    """What :func:`loop` serves: an SMTP server, or a listener beside it
+    (the Postfix socketmap) that starts and stops with it."""
+
+    async def start(self) -> None: ...
+
+    async def close(self, timeout: float | None = None) -> None: ...
+
+
 #: Servers constructed and not yet closed: what :func:`loop` serves.
-_registry: list[SMTPServer] = []
+_registry: list[Listener] = []
+
+
+def register(listener: Listener) -> None:
+    """Serve ``listener`` with the SMTP servers in :func:`loop`; it takes
+    itself out when closed (:func:`unregister`)."""
+    _registry.append(listener)
+
+
+def unregister(listener: Listener) -> None:
+    if listener in _registry:
+        _registry.remove(listener)
+
+
 _REPLY_LINE = re.compile(r"[2-5][0-9][0-9](?:[ -][^\r\n]*)?")
 
 
@@ -66,7 +89,9 @@ def _default_fqdn() -> str:
     return socket.getfqdn()
 
 
-def _bind(localaddr: tuple[str, int], backlog: int) -> socket.socket:
+def bind(localaddr: tuple[str, int], backlog: int) -> socket.socket:
+    """A listening, non-blocking socket, bound before the loop runs (so a
+    port in use stops the constructor, not the serving)."""
     host, port = localaddr
     family, kind, proto, _, sockaddr = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -242,8 +267,8 @@ class SMTPServer:
         self._pm_is_async = inspect.iscoroutinefunction(self.process_message)
         self._serial: ThreadPoolExecutor | None = None
         self._pm_options = _accepts_options(self.process_message)
-        self._socket: socket.socket | None = _bind(localaddr, backlog)
-        _registry.append(self)
+        self._socket: socket.socket | None = bind(localaddr, backlog)
+        register(self)
         log.debug("%s bound to %s, upstream %s", type(self).__name__, self.address, remoteaddr)
 
     @property
@@ -451,8 +476,7 @@ class SMTPServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if self in _registry:
-            _registry.remove(self)
+        unregister(self)
         if self._aserver is not None:
             self._aserver.close()
         elif self._socket is not None:
@@ -489,7 +513,7 @@ class SMTPServer:
 
 
 async def _serve_until_signalled(
-    servers: list[SMTPServer], on_hangup: Callable[[], None] | None = None
+    servers: list[Listener], on_hangup: Callable[[], None] | None = None
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

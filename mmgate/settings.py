@@ -76,6 +76,8 @@ class GatewaySettings:
     postmaster: str | None = None
     #: where the LMTP listener (RFC 2033) listens; None: no LMTP
     lmtp: tuple[str, int] | None = None
+    #: where Postfix's lookup tables are answered (socketmap); None: nowhere
+    socketmap: tuple[str, int] | None = None
 
     @property
     def mailman_config_path(self) -> Path:
@@ -108,6 +110,14 @@ class GatewaySettings:
         if self.remote is not None:
             return f"{self.remote.url} (LMTP {self.remote.lmtp[0]}:{self.remote.lmtp[1]})"
         return str(self.mailman_config_path)
+
+    @property
+    def postfix_transport(self) -> str:
+        """Where Postfix sends list mail: the LMTP listener if there is one,
+        else the SMTP listener (the ``transport`` table's value)."""
+        if self.lmtp is not None:
+            return f"lmtp:[{self.lmtp[0]}]:{self.lmtp[1]}"
+        return f"smtp:[{self.listen[0]}]:{self.listen[1]}"
 
 
 def _number(value: Any, where: str, *, above: float, at_most: float) -> float:
@@ -172,12 +182,17 @@ def load(
         api_workers=int(workers or 2),
         plugins=config.plugin_specs(cfg),
         postmaster=_postmaster(cfg, args),
-        lmtp=_lmtp(cfg, args),
+        lmtp=_address(cfg, args, "lmtp", "listen", "lmtp"),
+        socketmap=_address(cfg, args, "postfix", "socketmap", "socketmap"),
     )
 
 
-def _lmtp(cfg: config.ConfigFile, args: argparse.Namespace) -> tuple[str, int] | None:
-    value, where = config.pick(cfg, "lmtp", "listen", getattr(args, "lmtp", None), "--lmtp", None)
+def _address(
+    cfg: config.ConfigFile, args: argparse.Namespace, section: str, key: str, flag: str
+) -> tuple[str, int] | None:
+    """A HOST:PORT from ``--FLAG`` (a serve flag), else the file's key."""
+    option = f"--{flag}"
+    value, where = config.pick(cfg, section, key, getattr(args, flag, None), option, None)
     return config.hostport(value, where=where) if value is not None else None
 
 

@@ -315,3 +315,14 @@ def test_sighup_reloads_relay_control_and_plugins_without_dropping_a_session(tmp
             proc.kill()
     assert "settings reloaded" in err
     assert "reload refused, settings unchanged: " in err and "'not a network'" in err
+
+
+def test_mmgate_postfix_prints_the_tested_lines_for_the_configured_ports(tmp_path: Path):
+    from mmgate.postfix import main_cf
+
+    done = mmgate("postfix", "--socketmap", "127.0.0.1:9027", "--lmtp", "127.0.0.1:9024")
+    assert done.returncode == 0, done.stderr
+    for key, value in main_cf(("127.0.0.1", 9027)).items():
+        assert f"{key} = {value}\n" in done.stdout
+    assert "mmgate serve --socketmap 127.0.0.1:9027 --lmtp 127.0.0.1:9024" in done.stdout
+    assert not (tmp_path / "var").exists()  # it reads settings, and writes nothing
