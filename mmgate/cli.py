@@ -515,6 +515,38 @@ def run_postfix(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_mailman(argv: Sequence[str]) -> int:
+    """Mailman's own command line on the gateway's Mailman home: the right
+    mailman.cfg, and --run-as-root when run as root (Mailman refuses root
+    otherwise). The process becomes Mailman's command: its output and exit
+    status are Mailman's."""
+    parser = _Parser(
+        prog="mmgate mailman",
+        description="Mailman's command line on the gateway's Mailman "
+        "(e.g. mmgate mailman create test@example.com).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--var-dir", metavar="DIR", help="the gateway's var directory")
+    parser.add_argument("--mailman-config", metavar="PATH", help="an existing mailman.cfg")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="Mailman's command and options")
+    args = parser.parse_args(argv)
+    settings = load_settings(
+        {"config": args.config, "var_dir": args.var_dir, "mailman_config": args.mailman_config}
+    )
+    if settings.remote is not None:
+        raise UsageError(f"Mailman is remote ({settings.remote.url}): run its commands there")
+    cfg = settings.mailman_config_path
+    if not cfg.is_file():
+        raise UsageError(
+            f"{cfg}: no Mailman home (mmgate serve creates it; or --var-dir, MMGATE_VAR_DIR, "
+            "--mailman-config)"
+        )
+    argv0 = [sys.executable, "-c", "import sys; from mailman.bin.mailman import main; main()"]
+    root = ["--run-as-root"] if os.geteuid() == 0 else []
+    sys.stdout.flush()
+    os.execv(sys.executable, [*argv0, "-C", str(cfg), *root, *(args.command or ["--help"])])
+
+
 def run_route(argv: Sequence[str]) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -683,6 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "smtpd": run_smtpd,
         "plugins": run_plugins,
         "postfix": run_postfix,
+        "mailman": run_mailman,
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(
@@ -693,7 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  debug    show every message and its routes; --lab for a list round trip\n"
             "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)\n"
             "  plugins  the plugins the configuration loads, in order\n"
-            "  postfix  the Postfix lines that put mmgate in front of Mailman"
+            "  postfix  the Postfix lines that put mmgate in front of Mailman\n"
+            "  mailman  Mailman's own commands on the gateway's Mailman (create, addmembers...)"
         )
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):

@@ -144,7 +144,9 @@ def load(
     mailman_cfg, _ = config.pick(
         cfg, "mailman", "config", args.mailman_config, "--mailman-config", None
     )
-    var_dir, _ = config.pick(cfg, "mailman", "var_dir", args.var_dir, "--var-dir", "var")
+    var_dir, _ = config.pick(
+        cfg, "mailman", "var_dir", args.var_dir or env.get("MMGATE_VAR_DIR"), "--var-dir", "var"
+    )
     refresh, refresh_where = config.pick(cfg, "mailman", "refresh_interval", None, "", 2.0)
     stale, stale_where = config.pick(cfg, "mailman", "stale_after", None, "", STALE_AFTER)
     sync, sync_where = config.pick(

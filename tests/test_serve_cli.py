@@ -326,3 +326,27 @@ def test_mmgate_postfix_prints_the_tested_lines_for_the_configured_ports(tmp_pat
         assert f"{key} = {value}\n" in done.stdout
     assert "mmgate serve --socketmap 127.0.0.1:9027 --lmtp 127.0.0.1:9024" in done.stdout
     assert not (tmp_path / "var").exists()  # it reads settings, and writes nothing
+
+
+def test_mailman_and_route_find_the_same_home_through_mmgate_var_dir(
+    tmp_path: Path, mailman_env: MailmanEnv
+):
+    env = {**os.environ, "MMGATE_VAR_DIR": str(mailman_env.var)}
+    run = [sys.executable, "-m", "mmgate"]
+    lists = subprocess.run(
+        [*run, "mailman", "lists"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert lists.returncode == 0, lists.stderr
+    assert "test@example.com" in lists.stdout and "announce@lists.example.net" in lists.stdout
+    route = subprocess.run(
+        [*run, "route", "test@example.com"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert route.returncode == 0 and "list test.example.com" in route.stdout, route.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_mailman_without_a_home_says_so_in_one_line_and_creates_nothing(tmp_path: Path):
+    done = mmgate("mailman", "create", "test@example.com", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no Mailman home" in done.stderr
+    assert not (tmp_path / "var").exists()
