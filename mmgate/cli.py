@@ -13,11 +13,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from mmgate import config
 from mmgate._version import __version__
+from mmgate.children import die_with_parent
 from mmgate.debugging import DebuggingServer
 from mmgate.plugins import load as load_plugins
 from mmgate.proxy import PureProxy
@@ -281,25 +282,6 @@ def run_api(argv: Sequence[str]) -> int:
     return 0
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """For the API child, run after fork: SIGTERM when mmgate serve dies,
-    however it dies, so the child never keeps the port (Linux's
-    PR_SET_PDEATHSIG). Looked up here, in the parent: nothing may be
-    imported between fork and exec."""
-    import ctypes
-    import signal
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None  # not Linux: serve's own exit path still stops the child
-
-    def arm() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return arm
-
-
 def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
     """``mmgate serve`` starts the API in its own process (gunicorn) beside SMTP."""
     import subprocess
@@ -315,7 +297,7 @@ def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
     if args.mailman_config is None and settings.remote is None:
         argv += ["--mailman-config", str(settings.mailman_config_path)]
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
 
     def watch() -> None:  # the API going away must be said, and must not stop mail
         code = child.wait()
@@ -354,6 +336,18 @@ def run_serve(argv: Sequence[str]) -> int:
         "--postmaster",
         metavar="ADDRESS",
         help="where mail for postmaster goes (default: the Maildir VAR/postmaster/)",
+    )
+    parser.add_argument(
+        "--no-runners",
+        action="store_true",
+        help="do not start Mailman's runners (the embedded Mailman's; for sites that run "
+        "Mailman themselves)",
+    )
+    parser.add_argument(
+        "--mailman-lmtp-port", type=int, metavar="PORT", help="the embedded Mailman's LMTP port"
+    )
+    parser.add_argument(
+        "--mailman-rest-port", type=int, metavar="PORT", help="the embedded Mailman's REST port"
     )
     parser.add_argument("-d", "--debug", action="store_true", help="debug log lines")
     parser.add_argument("--no-api", action="store_true", help="do not start the admin API")
@@ -440,6 +434,12 @@ def run_serve(argv: Sequence[str]) -> int:
     api = None
     if not (args.no_api or args.no_store or settings.store_url is None):
         api = _api_beside(settings, args)
+    runners = None
+    if settings.runners and settings.remote is None and settings.mailman_config is None:
+        from mmgate.mailman.runners import MailmanRunners
+
+        runners = MailmanRunners(settings.mailman_config_path, preexec=die_with_parent())
+        runners.start()
 
     def reload() -> None:
         """SIGHUP: settings again from flags, environment and file; what can
@@ -472,6 +472,8 @@ def run_serve(argv: Sequence[str]) -> int:
     try:
         loop(on_hangup=reload)
     finally:
+        if runners is not None:
+            runners.stop()
         if api is not None:
             api.terminate()
             api.wait(30)

@@ -58,6 +58,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "user": (str, "a REST user name"),
         "password": (str, "the REST password"),
         "lmtp": (str, "HOST:PORT"),
+        "lmtp_port": (int, "the embedded Mailman's LMTP port"),
+        "rest_port": (int, "the embedded Mailman's REST port"),
+        "runners": (bool, "true or false: start Mailman's runners (embedded Mailman)"),
     },
 }
 
@@ -103,7 +106,7 @@ def read_config(path: str | None) -> ConfigFile:
                 known = ", ".join(sorted(SCHEMA[section]))
                 raise ConfigError(f"{path}: {section}.{key}: unknown key (known: {known})")
             kind, what = SCHEMA[section][key]
-            ok = isinstance(value, kind) and not isinstance(value, bool)
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
             if kind is list:
                 ok = ok and all(isinstance(v, str) for v in value)
             if not ok:

@@ -78,6 +78,12 @@ class GatewaySettings:
     lmtp: tuple[str, int] | None = None
     #: where Postfix's lookup tables are answered (socketmap); None: nowhere
     socketmap: tuple[str, int] | None = None
+    #: the embedded Mailman's own ports (LMTP runner, REST API); None: free
+    #: ones when the home is made, and left as they are afterwards
+    mailman_lmtp_port: int | None = None
+    mailman_rest_port: int | None = None
+    #: start and supervise Mailman's runners (the embedded home only)
+    runners: bool = True
 
     @property
     def mailman_config_path(self) -> Path:
@@ -89,9 +95,15 @@ class GatewaySettings:
         home (when no other Mailman was named and ``mailman``) and the
         SQLite store's folder."""
         if mailman and self.remote is None and self.mailman_config is None:
-            from mmgate.mailman.embedded import ensure_home
+            from mmgate.mailman.embedded import connect_host, ensure_home
 
-            ensure_home(self.var_dir, smtp_port=self.listen[1] or 8025)
+            ensure_home(
+                self.var_dir,
+                smtp_host=connect_host(self.listen[0]),
+                smtp_port=self.listen[1] or 8025,
+                lmtp_port=self.mailman_lmtp_port,
+                rest_port=self.mailman_rest_port,
+            )
         if self.store_url is not None and self.store_url.startswith("sqlite:///"):
             Path(self.store_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
 
@@ -186,7 +198,22 @@ def load(
         postmaster=_postmaster(cfg, args),
         lmtp=_address(cfg, args, "lmtp", "listen", "lmtp"),
         socketmap=_address(cfg, args, "postfix", "socketmap", "socketmap"),
+        mailman_lmtp_port=_port(cfg, args, "lmtp_port"),
+        mailman_rest_port=_port(cfg, args, "rest_port"),
+        runners=not getattr(args, "no_runners", False)
+        and cfg.get("mailman", "runners") is not False,
     )
+
+
+def _port(cfg: config.ConfigFile, args: argparse.Namespace, key: str) -> int | None:
+    """``--mailman-lmtp-port`` / ``--mailman-rest-port``, else ``[mailman] KEY``."""
+    flag = f"--mailman-{key.replace('_', '-')}"
+    value, where = config.pick(
+        cfg, "mailman", key, getattr(args, f"mailman_{key}", None), flag, None
+    )
+    if value is None:
+        return None
+    return int(_number(value, where, above=0, at_most=65535))
 
 
 def _address(

@@ -155,6 +155,14 @@ class Postfix:
                 found += files
         return found
 
+    def wait_until_empty(self, timeout: float = 20.0) -> None:
+        """Until Postfix's queues hold nothing (a delivered message's file goes
+        a moment after the receiving server's 250)."""
+        deadline = time.monotonic() + timeout
+        while self.queued():
+            assert time.monotonic() < deadline, f"still queued: {self.queued()}\n{self.read_log()}"
+            time.sleep(0.1)
+
     def wait_for_log(self, text: str, timeout: float = 20.0) -> str:
         deadline = time.monotonic() + timeout
         while text not in (log := self.read_log()):

@@ -128,10 +128,11 @@ def test_a_post_reaches_mailman_and_members_copies_leave_through_postfix(
     assert b"Subject: [Test] through postfix" in content
     # the copy went through Postfix on its way out (its Received: line)
     assert b"by mx.postfix.test (Postfix)" in content.split(b"Subject: [Test]")[0]
+    site.postfix.wait_until_empty()
     log = site.postfix.read_log()
     if site.setup == "lmtp":
         assert "postfix/lmtp" in log and "status=sent" in log
-    assert site.postfix.queued() == []
+    assert "postfix/bounce" not in log  # no delivery status notification made
 
 
 def test_an_unknown_list_domain_address_is_refused_by_postfix_at_rcpt_with_no_bounce(
@@ -150,7 +151,7 @@ def test_an_unknown_list_domain_address_is_refused_by_postfix_at_rcpt_with_no_bo
     assert "User unknown in relay recipient table" in log
     time.sleep(1)  # nothing may be queued: no bounce to the (forged) sender
     assert site.postfix.queued() == []
-    assert "bounce" not in log.split("nolist@example.com")[-1]
+    assert "postfix/bounce" not in log
 
 
 def test_a_list_created_while_running_is_accepted_within_the_refresh_interval(

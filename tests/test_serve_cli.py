@@ -19,7 +19,7 @@ import pytest
 
 from tests.harness import wait_for_port
 from tests.mailman_env import MailmanEnv
-from tests.upstream import free_port
+from tests.upstream import Upstream, free_port
 
 
 def mmgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -350,3 +350,68 @@ def test_mailman_without_a_home_says_so_in_one_line_and_creates_nothing(tmp_path
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "no Mailman home" in done.stderr
     assert not (tmp_path / "var").exists()
+
+
+def _master_pids(config: Path) -> list[int]:
+    """Mailman master processes started on ``config`` (from /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(config).encode() in cmdline and any(b"mailman.bin.master" in a for a in cmdline):
+            found.append(int(pid))
+    return found
+
+
+def test_from_nothing_to_a_member_receiving_a_post_with_the_readme_commands(tmp_path: Path):
+    """serve (embedded Mailman, its runners supervised), mmgate mailman
+    create, mmgate mailman addmembers: a member's post reaches the member."""
+    port, api_port = free_port(), free_port()
+    with Upstream() as outgoing:
+        proc = start_serve(
+            tmp_path, port, api_port, "--relay", f"127.0.0.1:{outgoing.port}", "--no-api"
+        )
+        try:
+            cfg = tmp_path / "var" / "mailman.cfg"
+            # Mailman's copies come back through this gateway, on this run's port
+            assert f"smtp_port: {port}\n" in cfg.read_text()
+            created = mmgate("mailman", "create", "team@example.com", cwd=tmp_path)
+            assert created.returncode == 0, created.stderr
+            (tmp_path / "members.txt").write_text("Bob <bob@example.net>\n")
+            added = mmgate("mailman", "addmembers", "members.txt", "team@example.com", cwd=tmp_path)
+            assert added.returncode == 0, added.stderr
+            deadline = time.monotonic() + 30
+            while True:  # the gateway learns of the list within its refresh interval
+                with smtplib.SMTP("127.0.0.1", port) as client:
+                    client.ehlo()
+                    client.mail("bob@example.net")
+                    if client.rcpt("team@example.com")[0] == 250:
+                        client.data(
+                            b"From: bob@example.net\r\nTo: team@example.com\r\n"
+                            b"Subject: hello team\r\nMessage-ID: <readme-1@example.net>\r\n\r\n"
+                            b"Hello, team.\r\n"
+                        )
+                        break
+                assert time.monotonic() < deadline, "the new list was never accepted"
+                time.sleep(0.5)
+            deadline = time.monotonic() + 60
+            while True:  # the welcome message comes first, then the post
+                copies = [
+                    m
+                    for m in outgoing.handler.messages
+                    if b"Subject: [Team] hello team" in (m.original_content or b"")
+                ]
+                if copies:
+                    break
+                assert time.monotonic() < deadline, "no member's copy left Mailman"
+                time.sleep(0.2)
+            assert copies[0].rcpt_tos == ["bob@example.net"]
+            assert _master_pids(cfg)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Mailman's runners started" in err and "Mailman's runners stopped" in err
+    assert _master_pids(cfg) == []  # stopped with serve

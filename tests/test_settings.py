@@ -82,3 +82,25 @@ def test_mailmanproxy_close_before_start_is_harmless(mm: MailmanEnv, tmp_path: P
 
     runtime.run(close())
     assert server.shutting_down
+
+
+def test_the_embedded_home_follows_the_listen_address_and_picks_free_mailman_ports(tmp_path):
+    from mmgate.mailman.embedded import ensure_home, keep_in_step
+
+    cfg = ensure_home(tmp_path / "var", smtp_port=8025)
+    text = cfg.read_text()
+    lmtp = int(text.split("lmtp_port: ")[1].split()[0])
+    rest = int(text.split("[webservice]")[1].split("port: ")[1].split()[0])
+    assert lmtp not in (8024, 8025) and rest != 8001
+    # a later start on another port: Mailman's outgoing host follows it
+    ensure_home(tmp_path / "var", smtp_host="127.0.0.2", smtp_port=9125, rest_port=9101)
+    text = cfg.read_text()
+    assert "smtp_host: 127.0.0.2\n" in text and "smtp_port: 9125\n" in text
+    assert "port: 9101\n" in text.split("[webservice]")[1]
+    assert f"lmtp_port: {lmtp}\n" in text  # not given: left as it was
+    assert (cfg.stat().st_mode & 0o777) == 0o600
+    # a mailman.cfg someone else wrote is never touched
+    theirs = tmp_path / "theirs.cfg"
+    theirs.write_text("[mta]\nsmtp_port: 25\n")
+    assert keep_in_step(theirs, {("mta", "smtp_port"): "8025"}) is False
+    assert theirs.read_text() == "[mta]\nsmtp_port: 25\n"

@@ -7,7 +7,10 @@ in-process. Mailman's outgoing SMTP host is mmgate itself, so the copies
 Mailman sends to members come back through the gateway. Its ``site_owner``
 is ``postmaster@localhost``, which the gateway always delivers (into
 ``VAR/postmaster/``, or to ``[smtp] postmaster``), so Mailman's own
-notices to the site owner can never loop or bounce. Two settings matter:
+notices to the site owner can never loop or bounce. Mailman's own LMTP and
+REST ports are free ones chosen when the home is made (never a clash with
+another Mailman on the host); ``[mta] smtp_host``/``smtp_port`` are kept
+equal to the gateway's listen address at each start. Two settings matter:
 an absolute ``var_dir`` (Mailman's default layout puts its var directory
 in ``$PWD/var``, wherever the command happens to run) and the null MTA
 (the default Postfix hook runs postmap, and fails without Postfix).
@@ -16,10 +19,17 @@ in ``$PWD/var``, wherever the command happens to run) and the null MTA
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 from pathlib import Path
 
+#: The first line of a home mmgate wrote: only such a file is kept in step.
+MARK = "# Written by mmgate for its embedded Mailman"
 TEMPLATE = """\
-# Written by mmgate for its embedded Mailman; edit freely, it is not rewritten.
+# Written by mmgate for its embedded Mailman.
+# mmgate serve keeps [mta] smtp_host and smtp_port equal to its --listen
+# address (Mailman's copies to members go out through the gateway), and the
+# ports it is given by flags; edit anything else freely.
 [mailman]
 site_owner: {site_owner}
 layout: local
@@ -56,20 +66,49 @@ FAST_RUNNERS = "".join(
 )
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now: Mailman's own ports for a new home, so
+    that they never clash with another Mailman on the host."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def connect_host(listen_host: str) -> str:
+    """Where a client on this host reaches a listener bound to ``listen_host``."""
+    if listen_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if listen_host == "::":
+        return "::1"
+    return listen_host
+
+
 def ensure_home(
     var_dir: str | Path,
     *,
     smtp_host: str = "127.0.0.1",
     smtp_port: int = 8025,
-    lmtp_port: int = 8024,
-    rest_port: int = 8001,
+    lmtp_port: int | None = None,
+    rest_port: int | None = None,
     site_owner: str = "postmaster@localhost",
     extra: str = "",
 ) -> Path:
-    """The path of the embedded ``mailman.cfg``, written if it is missing."""
+    """The path of the embedded ``mailman.cfg``, written if it is missing
+    (Mailman's LMTP and REST ports free ones unless given). In a home that
+    exists and that mmgate wrote, the outgoing host follows ``smtp_host``
+    and ``smtp_port``, and the ports given are set."""
     var = Path(var_dir).resolve()
     cfg = var / "mailman.cfg"
     if cfg.exists():
+        keep_in_step(
+            cfg,
+            {
+                ("mta", "smtp_host"): smtp_host,
+                ("mta", "smtp_port"): str(smtp_port),
+                **({("mta", "lmtp_port"): str(lmtp_port)} if lmtp_port else {}),
+                **({("webservice", "port"): str(rest_port)} if rest_port else {}),
+            },
+        )
         return cfg
     # The var directory holds the store, Mailman's database and queues: its
     # owner's alone (0700); mailman.cfg holds the REST password (0600).
@@ -86,8 +125,8 @@ def ensure_home(
             mailman_var=mailman_var,
             smtp_host=smtp_host,
             smtp_port=smtp_port,
-            lmtp_port=lmtp_port,
-            rest_port=rest_port,
+            lmtp_port=lmtp_port or free_port(),
+            rest_port=rest_port or free_port(),
             rest_pass=secrets.token_urlsafe(16),
         )
         + extra
@@ -96,3 +135,30 @@ def ensure_home(
     with os.fdopen(fd, "w") as f:
         f.write(text)
     return cfg
+
+
+def keep_in_step(cfg: Path, values: dict[tuple[str, str], str]) -> bool:
+    """Set ``(section, key)`` values in a mailman.cfg that mmgate wrote
+    (whose first line is :data:`MARK`); a file someone else wrote is left
+    alone. Written in place of the old file, atomically, still 0600.
+    Returns whether anything changed."""
+    text = cfg.read_text()
+    if not text.startswith(MARK):
+        return False
+    lines, section, changed = text.splitlines(keepends=True), "", False
+    for n, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1]
+            continue
+        key, colon, _ = stripped.partition(":")
+        value = values.get((section, key.strip())) if colon else None
+        if value is not None and line != f"{key.strip()}: {value}\n":
+            lines[n] = f"{key.strip()}: {value}\n"
+            changed = True
+    if changed:
+        fd, tmp = tempfile.mkstemp(dir=cfg.parent, prefix=".mailman.cfg.")
+        with os.fdopen(fd, "w") as f:  # mkstemp's file is 0600
+            f.write("".join(lines))
+        os.replace(tmp, cfg)
+    return changed
