@@ -237,6 +237,7 @@ def run_api(argv: Sequence[str]) -> int:
     add_gateway_options(parser)
     args = parser.parse_args(argv)
     settings = load_settings(args)
+    settings.require_mailman()
     settings.prepare(mailman=False)
     bind = args.bind or settings.api_bind
     config.hostport(bind, where="--bind")
@@ -537,12 +538,8 @@ def run_mailman(argv: Sequence[str]) -> int:
     )
     if settings.remote is not None:
         raise UsageError(f"Mailman is remote ({settings.remote.url}): run its commands there")
+    settings.require_mailman()
     cfg = settings.mailman_config_path
-    if not cfg.is_file():
-        raise UsageError(
-            f"{cfg}: no Mailman home (mmgate serve creates it; or --var-dir, MMGATE_VAR_DIR, "
-            "--mailman-config)"
-        )
     argv0 = [sys.executable, "-c", "import sys; from mailman.bin.mailman import main; main()"]
     root = ["--run-as-root"] if os.geteuid() == 0 else []
     sys.stdout.flush()
@@ -570,6 +567,7 @@ def run_route(argv: Sequence[str]) -> int:
     add_gateway_options(parser)
     args = parser.parse_intermixed_args(argv)
     settings = load_settings(args)
+    settings.require_mailman()
     try:
         snap = settings.backend().open()
     except MailmanUnavailable as exc:
@@ -656,6 +654,7 @@ def run_debug(argv: Sequence[str]) -> int:
             args.mailman_config = str(lab.home(listen[1]))
         settings = load_settings(args, listen_flag=args.listen)
         if lab is None:
+            settings.require_mailman()
             settings.prepare(mailman=False)
         backend = settings.backend()
         if lab is not None:

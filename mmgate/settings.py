@@ -107,6 +107,17 @@ class GatewaySettings:
         if self.store_url is not None and self.store_url.startswith("sqlite:///"):
             Path(self.store_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
 
+    def require_mailman(self) -> None:
+        """For the commands that use a Mailman home but never make one
+        (route, api, debug, mailman): a missing home is one line (and exit
+        status 2), never an empty home made where the command ran."""
+        path = self.mailman_config_path
+        if self.remote is None and not path.is_file():
+            raise ConfigError(
+                f"{path}: no Mailman home (mmgate serve creates it; or --var-dir, "
+                "MMGATE_VAR_DIR, --mailman-config)"
+            )
+
     def backend(self) -> MailmanBackend:
         """The Mailman to use: remote when a URL was given, else on this host."""
         if self.remote is not None:

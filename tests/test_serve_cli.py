@@ -345,8 +345,19 @@ def test_mailman_and_route_find_the_same_home_through_mmgate_var_dir(
     assert not (tmp_path / "var").exists()
 
 
-def test_mailman_without_a_home_says_so_in_one_line_and_creates_nothing(tmp_path: Path):
-    done = mmgate("mailman", "create", "test@example.com", cwd=tmp_path)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["mailman", "create", "test@example.com"],
+        ["route", "test@example.com"],
+        ["debug", "--listen", "127.0.0.1:0"],
+        ["api", "--bind", "127.0.0.1:0"],
+    ],
+)
+def test_a_command_without_a_home_says_so_in_one_line_and_creates_nothing(
+    tmp_path: Path, command: list[str]
+):
+    done = mmgate(*command, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "no Mailman home" in done.stderr
     assert not (tmp_path / "var").exists()
