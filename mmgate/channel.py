@@ -26,7 +26,7 @@ from mmgate.smtp import replies
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
 from mmgate.smtp.framing import MessageChunk, MessageData
-from mmgate.smtp.limits import Limits
+from mmgate.smtp.limits import DATA_SIZE_DEFAULT, Limits
 from mmgate.smtp.replies import Reply
 from mmgate.smtp.session import Session, SessionConfig, printable
 from mmgate.smtp.state import Phase
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mmgate.smtp")
 T = TypeVar("T")
 _BACKGROUND: set[asyncio.Future[Any]] = set()
-
-DATA_SIZE_DEFAULT = 33554432
 
 
 def _delegate(name: str, doc: str) -> Any:

@@ -338,6 +338,31 @@ def run_serve(argv: Sequence[str]) -> int:
         metavar="ADDRESS",
         help="where mail for postmaster goes (default: the Maildir VAR/postmaster/)",
     )
+    parser.add_argument("--hostname", metavar="NAME", help="the name in the greeting")
+    parser.add_argument(
+        "--message-size", type=int, metavar="OCTETS", help="SIZE limit (default 32 MiB; 0: none)"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, metavar="SECONDS", help="between commands (default 300)"
+    )
+    parser.add_argument(
+        "--command-timeout", type=float, metavar="SECONDS", help="for one command line (default 60)"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, metavar="N", help="sessions at once (default 1000)"
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        metavar="N",
+        help="sessions from one address (default 50; loopback exempt)",
+    )
+    parser.add_argument(
+        "--smtputf8",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="offer SMTPUTF8, RFC 6531 (default off)",
+    )
     parser.add_argument(
         "--no-runners",
         action="store_true",
@@ -377,6 +402,7 @@ def run_serve(argv: Sequence[str]) -> int:
             plugins=plugins,
             var_dir=settings.var_dir,
             postmaster=settings.postmaster,
+            **settings.session.server_kwargs(),
         )
     except MailmanUnavailable as exc:
         raise UsageError(f"Mailman cannot be used: {exc}") from None
@@ -390,7 +416,13 @@ def run_serve(argv: Sequence[str]) -> int:
 
         try:
             # no plugins: the MTA in front applied its policy to the client
-            lmtp = LMTPGateway(settings.lmtp, server)
+            lmtp = LMTPGateway(
+                settings.lmtp,
+                server,
+                data_size_limit=settings.session.message_size,
+                idle_timeout=settings.session.idle_timeout,
+                command_timeout=settings.session.command_timeout,
+            )
         except OSError as exc:
             raise UsageError(
                 f"cannot listen for LMTP on {settings.lmtp[0]}:{settings.lmtp[1]}: "
@@ -495,6 +527,34 @@ def run_plugins(argv: Sequence[str]) -> int:
         print("no plugins configured ([[plugins]] tables in the --config file)")
     for n, (name, hooks) in enumerate(chain.describe(), 1):
         print(f"{n}. {name}: {' '.join(hooks) or '(no hooks)'}")
+    return 0
+
+
+def run_config(argv: Sequence[str]) -> int:
+    parser = _Parser(
+        prog="mmgate config",
+        description="The settings in force (file, environment, flags), secrets masked, as TOML.",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="as for mmgate serve")
+    add_gateway_options(parser)
+    for flag in ("--lmtp", "--socketmap", "--hostname", "--postmaster"):
+        parser.add_argument(flag, help="as for mmgate serve")
+    for flag, kind in (
+        ("--message-size", int),
+        ("--idle-timeout", float),
+        ("--command-timeout", float),
+        ("--max-connections", int),
+        ("--max-connections-per-client", int),
+        ("--mailman-lmtp-port", int),
+        ("--mailman-rest-port", int),
+    ):
+        parser.add_argument(flag, type=kind, help="as for mmgate serve")
+    parser.add_argument("--smtputf8", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--no-runners", action="store_true")
+    parser.add_argument("--no-store", action="store_true")
+    args = parser.parse_args(argv)
+    settings = load_settings(args, listen_flag=args.listen)
+    print(config.dump_toml(settings.effective()), end="")
     return 0
 
 
@@ -717,6 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plugins": run_plugins,
         "postfix": run_postfix,
         "mailman": run_mailman,
+        "config": run_config,
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(
@@ -728,7 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  smtpd    the command line of Python's smtpd (mmgate smtpd --help)\n"
             "  plugins  the plugins the configuration loads, in order\n"
             "  postfix  the Postfix lines that put mmgate in front of Mailman\n"
-            "  mailman  Mailman's own commands on the gateway's Mailman (create, addmembers...)"
+            "  mailman  Mailman's own commands on the gateway's Mailman (create, addmembers...)\n"
+            "  config   the settings in force, secrets masked"
         )
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):

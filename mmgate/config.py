@@ -7,6 +7,7 @@ where the bad value came from: the file and key, the variable, or the flag.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,13 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "smtp": {
         "listen": (str, "HOST:PORT"),
         "postmaster": (str, "an address for postmaster mail (default: VAR/postmaster/)"),
+        "hostname": (str, "the host name in the greeting and Received: lines"),
+        "message_size": (int, "a size limit in octets (0: none)"),
+        "idle_timeout": ((int, float), "a number of seconds"),
+        "command_timeout": ((int, float), "a number of seconds"),
+        "max_connections": (int, "a number of sessions"),
+        "max_connections_per_client": (int, "a number of sessions"),
+        "smtputf8": (bool, "true or false: offer SMTPUTF8 (RFC 6531)"),
     },
     "lmtp": {
         "listen": (str, "HOST:PORT (an LMTP listener, RFC 2033)"),
@@ -199,3 +207,28 @@ def relay_policy(
     except RelayConfigError as exc:
         raise ConfigError(str(exc)) from None
     return RelayPolicy(nets, doms)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+
+
+def dump_toml(doc: Mapping[str, Any]) -> str:
+    """A settings document (section -> key -> value; ``plugins``: a list of
+    tables) as TOML that :func:`read_config` reads back. Values are strings,
+    numbers, booleans and lists of those; ``None`` is left out."""
+    out = []
+    for section, table in doc.items():
+        tables = table if isinstance(table, list) else [table]
+        for one in tables:
+            lines = [f"{key} = {_toml_value(v)}" for key, v in one.items() if v is not None]
+            if lines:
+                out.append(f"[[{section}]]" if isinstance(table, list) else f"[{section}]")
+                out += [*lines, ""]
+    return "\n".join(out)

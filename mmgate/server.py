@@ -28,7 +28,7 @@ from typing import Any, Protocol, cast
 
 from mmgate import runtime
 from mmgate._version import __version__
-from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
+from mmgate.channel import SMTPChannel
 from mmgate.hooks import HookChain
 from mmgate.networks import LOOPBACK, Network, in_networks
 from mmgate.smtp import replies
@@ -36,7 +36,10 @@ from mmgate.smtp.framing import BareLinePolicy, MessageData
 from mmgate.smtp.limits import (
     COMMAND_TIMEOUT,
     DATA_RATE_GRACE,
+    DATA_SIZE_DEFAULT,
     IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
     MEMORY_BUDGET,
     MIN_DATA_RATE,
     SPOOL_MEMORY,
@@ -210,8 +213,8 @@ class SMTPServer:
         command_timeout: float = COMMAND_TIMEOUT,
         min_data_rate: float = MIN_DATA_RATE,
         data_rate_grace: float = DATA_RATE_GRACE,
-        max_connections: int = 1000,
-        max_connections_per_client: int = 50,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
         max_bad_commands: int = 20,
         shutdown_timeout: float = 30.0,
         fqdn: str | None = None,

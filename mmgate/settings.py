@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmgate import config
 from mmgate.config import STALE_AFTER, ConfigError
 from mmgate.relay.policy import RelayPolicy
+from mmgate.smtp.limits import (
+    COMMAND_TIMEOUT,
+    DATA_SIZE_DEFAULT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
+)
 
 if TYPE_CHECKING:
     from mmgate.mailman.backend import MailmanBackend
@@ -54,6 +62,74 @@ class RemoteSettings:
 
 
 @dataclass(frozen=True)
+class SessionSettings:
+    """What each SMTP session of ``mmgate serve`` is held to (``[smtp]``)."""
+
+    #: the name in the greeting and in Received: lines; None: the host's FQDN
+    hostname: str | None = None
+    #: the SIZE limit (RFC 1870); 0: none
+    message_size: int = DATA_SIZE_DEFAULT
+    idle_timeout: float = IDLE_TIMEOUT
+    command_timeout: float = COMMAND_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    #: RFC 6531 SMTPUTF8 offered (off by default, as in smtpd and Mailman's
+    #: LMTP runner: an upstream without it could not take such mail)
+    smtputf8: bool = False
+
+    def server_kwargs(self) -> dict[str, Any]:
+        """The SMTPServer keyword arguments these settings are."""
+        return {
+            "fqdn": self.hostname,
+            "data_size_limit": self.message_size,
+            "idle_timeout": self.idle_timeout,
+            "command_timeout": self.command_timeout,
+            "max_connections": self.max_connections,
+            "max_connections_per_client": self.max_connections_per_client,
+            "enable_SMTPUTF8": self.smtputf8,
+        }
+
+
+#: ``[smtp]`` key -> (flag, kind, lowest allowed, highest allowed)
+SESSION_KEYS: dict[str, tuple[str, type, float, float]] = {
+    "message_size": ("--message-size", int, 0, 2**40),
+    "idle_timeout": ("--idle-timeout", float, 1, 86400),
+    "command_timeout": ("--command-timeout", float, 1, 86400),
+    "max_connections": ("--max-connections", int, 1, 1_000_000),
+    "max_connections_per_client": ("--max-connections-per-client", int, 1, 1_000_000),
+}
+
+
+def _session(cfg: config.ConfigFile, args: argparse.Namespace) -> SessionSettings:
+    values: dict[str, Any] = {}
+    for key, (flag, kind, low, high) in SESSION_KEYS.items():
+        value, where = config.pick(cfg, "smtp", key, getattr(args, key, None), flag, None)
+        if value is None:
+            continue
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}: must be a whole number, not {value!r}")
+        number = _number(value, where, above=low - 1 if kind is int else 0, at_most=high)
+        values[key] = int(number) if kind is int else number
+    hostname, where = config.pick(
+        cfg, "smtp", "hostname", getattr(args, "hostname", None), "--hostname", None
+    )
+    if hostname is not None:
+        labels = hostname.rstrip(".").split(".")
+        if not all(
+            label and len(label) < 64 and label.replace("-", "").isalnum() and label.isascii()
+            for label in labels
+        ):
+            raise ConfigError(f"{where}: {hostname!r} is not a host name")
+        values["hostname"] = hostname
+    smtputf8, _ = config.pick(
+        cfg, "smtp", "smtputf8", getattr(args, "smtputf8", None), "--smtputf8", None
+    )
+    if smtputf8 is not None:
+        values["smtputf8"] = bool(smtputf8)
+    return SessionSettings(**values)
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     listen: tuple[str, int]
     upstream: tuple[str, int] | None
@@ -84,6 +160,8 @@ class GatewaySettings:
     mailman_rest_port: int | None = None
     #: start and supervise Mailman's runners (the embedded home only)
     runners: bool = True
+    #: what each SMTP session is held to
+    session: SessionSettings = field(default_factory=SessionSettings)
 
     @property
     def mailman_config_path(self) -> Path:
@@ -106,6 +184,58 @@ class GatewaySettings:
             )
         if self.store_url is not None and self.store_url.startswith("sqlite:///"):
             Path(self.store_url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+
+    def effective(self) -> dict[str, Any]:
+        """Every setting as it is in force, secrets masked, in the shape of
+        the TOML file (``mmgate config``): what was not set and has no
+        default is left out."""
+        hostport = "{0[0]}:{0[1]}".format
+        session = self.session
+        remote = self.remote
+        return {
+            "smtp": {
+                "listen": hostport(self.listen),
+                "hostname": session.hostname,
+                "message_size": session.message_size,
+                "idle_timeout": session.idle_timeout,
+                "command_timeout": session.command_timeout,
+                "max_connections": session.max_connections,
+                "max_connections_per_client": session.max_connections_per_client,
+                "smtputf8": session.smtputf8,
+                "postmaster": self.postmaster,
+            },
+            "lmtp": {"listen": hostport(self.lmtp) if self.lmtp else None},
+            "postfix": {"socketmap": hostport(self.socketmap) if self.socketmap else None},
+            "relay": {
+                "upstream": hostport(self.upstream) if self.upstream else None,
+                "networks": [str(n) for n in self.policy.networks],
+                "domains": sorted(self.policy.domains),
+            },
+            "mailman": {
+                "config": str(self.mailman_config) if self.mailman_config else None,
+                "var_dir": str(self.var_dir),
+                "refresh_interval": self.refresh_interval,
+                "stale_after": self.stale_after,
+                "spool_sync": self.spool_sync,
+                "runners": self.runners,
+                "lmtp_port": self.mailman_lmtp_port,
+                "rest_port": self.mailman_rest_port,
+                "url": remote.url if remote else None,
+                "user": remote.user if remote else None,
+                "password": SECRET if remote else None,
+                "lmtp": hostport(remote.lmtp) if remote else None,
+            },
+            "api": {
+                "store": _masked_url(self.store_url) if self.store_url else "",
+                "token": SECRET if self.api_token else None,
+                "bind": self.api_bind,
+                "workers": self.api_workers,
+            },
+            "plugins": [
+                {"name": spec.name, **{k: _masked(k, v) for k, v in spec.options.items()}}
+                for spec in self.plugins
+            ],
+        }
 
     def require_mailman(self) -> None:
         """For the commands that use a Mailman home but never make one
@@ -141,6 +271,19 @@ class GatewaySettings:
         if self.lmtp is not None:
             return f"lmtp:[{self.lmtp[0]}]:{self.lmtp[1]}"
         return f"smtp:[{self.listen[0]}]:{self.listen[1]}"
+
+
+SECRET = "********"
+_SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def _masked_url(url: str) -> str:
+    """A URL with the password of its user part masked."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", rf"\g<1>{SECRET}@", url)
+
+
+def _masked(key: str, value: Any) -> Any:
+    return SECRET if any(word in key.lower() for word in _SECRET_WORDS) else value
 
 
 def _number(value: Any, where: str, *, above: float, at_most: float) -> float:
@@ -211,6 +354,7 @@ def load(
         socketmap=_address(cfg, args, "postfix", "socketmap", "socketmap"),
         mailman_lmtp_port=_port(cfg, args, "lmtp_port"),
         mailman_rest_port=_port(cfg, args, "rest_port"),
+        session=_session(cfg, args),
         runners=not getattr(args, "no_runners", False)
         and cfg.get("mailman", "runners") is not False,
     )

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from mmgate.channel import DATA_SIZE_DEFAULT, SMTPChannel
+from mmgate.channel import SMTPChannel
 from mmgate.cli import UsageError, run_smtpd
 from mmgate.config import ConfigError
 from mmgate.debugging import DebuggingServer
 from mmgate.proxy import PureProxy
 from mmgate.runtime import LoopChoiceError
 from mmgate.server import SMTPServer
+from mmgate.smtp.limits import DATA_SIZE_DEFAULT
 
 __all__ = [
     "DATA_SIZE_DEFAULT",

@@ -426,3 +426,30 @@ def test_from_nothing_to_a_member_receiving_a_post_with_the_readme_commands(tmp_
     assert proc.returncode == 0, err
     assert "Mailman's runners started" in err and "Mailman's runners stopped" in err
     assert _master_pids(cfg) == []  # stopped with serve
+
+
+def test_serve_applies_the_session_settings_from_flags_and_file(tmp_path: Path):
+    (tmp_path / "mmgate.toml").write_text("[smtp]\nmessage_size = 5000\nsmtputf8 = true\n")
+    port = free_port()
+    proc = start_serve(
+        tmp_path,
+        port,
+        free_port(),
+        "--config",
+        "mmgate.toml",
+        "--hostname",
+        "mx.example.org",
+        "--no-api",
+        "--no-runners",
+    )
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            code, features = client.ehlo()
+            assert code == 250 and features.startswith(b"mx.example.org")
+            assert b"SIZE 5000" in features and b"SMTPUTF8" in features
+            client.mail("a@example.org")
+            code, _ = client.rcpt("postmaster@mx.example.org")  # this host's name is served
+            assert code == 250
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -67,8 +67,8 @@ def test_route_with_no_mailman_home_says_so_and_creates_nothing(tmp_path: Path):
     )
     assert done.returncode == 2
     assert done.stderr == (
-        "mmgate: error: Mailman cannot be used: "
-        f"{tmp_path / 'var' / 'mailman.cfg'}: no such Mailman configuration file\n"
+        f"mmgate: error: {tmp_path / 'var' / 'mailman.cfg'}: no Mailman home "
+        "(mmgate serve creates it; or --var-dir, MMGATE_VAR_DIR, --mailman-config)\n"
     )
     assert _files(tmp_path) == []
 
@@ -104,3 +104,74 @@ def test_the_embedded_home_follows_the_listen_address_and_picks_free_mailman_por
     theirs.write_text("[mta]\nsmtp_port: 25\n")
     assert keep_in_step(theirs, {("mta", "smtp_port"): "8025"}) is False
     assert theirs.read_text() == "[mta]\nsmtp_port: 25\n"
+
+
+def test_mmgate_config_prints_the_settings_in_force_as_a_file_it_reads_back(tmp_path):
+    import subprocess
+    import sys
+
+    from mmgate import config
+    from mmgate.settings import load
+
+    conf = tmp_path / "mmgate.toml"
+    conf.write_text(
+        '[smtp]\nhostname = "mx.example.org"\nmax_connections = 7\n'
+        '[mailman]\nurl = "http://mailman.test:8001"\nlmtp = "127.0.0.1:8024"\n'
+        'password = "hunter2"\n[api]\nstore = "postgresql://gw:s3cret@db.test/mmgate"\n'
+    )
+    env = {"MMGATE_API_TOKEN": "t0ken", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmgate",
+            "config",
+            "--config",
+            str(conf),
+            "--smtputf8",
+            "--message-size",
+            "1000",
+            "--lmtp",
+            "127.0.0.1:9024",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    for secret in ("hunter2", "s3cret", "t0ken"):
+        assert secret not in done.stdout
+    assert 'store = "postgresql://gw:********@db.test/mmgate"' in done.stdout
+    printed = tmp_path / "printed.toml"
+    printed.write_text(done.stdout)
+    config.read_config(str(printed))  # every key is one the file may hold
+    again = load({"config": str(printed)}, environ={}).session
+    assert (again.hostname, again.max_connections, again.message_size, again.smtputf8) == (
+        "mx.example.org",
+        7,
+        1000,
+        True,
+    )
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[smtp]\nmax_connections = 0\n", "smtp.max_connections: must be above 0"),
+        ("[smtp]\nmessage_size = 1.5\n", "smtp.message_size: must be a size limit"),
+        ('[smtp]\nhostname = "no host"\n', "is not a host name"),
+        ("[smtp]\nidle_timeout = -1\n", "smtp.idle_timeout: must be above 0"),
+        ('[smtp]\nsmtputf8 = "yes"\n', "smtp.smtputf8: must be true or false"),
+    ],
+)
+def test_a_bad_session_setting_is_one_line_naming_the_file_and_key(tmp_path, text, message):
+    from mmgate.config import ConfigError
+    from mmgate.settings import load
+
+    conf = tmp_path / "mmgate.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load({"config": str(conf)}, environ={})
+    assert str(conf) in str(caught.value) and "\n" not in str(caught.value)

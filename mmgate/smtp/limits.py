@@ -34,6 +34,11 @@ MAIL_EXTRA_BODY = 14
 #: RFC 6531 3.4: "the maximum length of MAIL and RCPT commands is increased
 #: by 10 characters by the possible addition of the SMTPUTF8 keyword".
 MAIL_EXTRA_SMTPUTF8 = 10
+#: smtpd's data_size_limit default: 32 MiB of message text.
+DATA_SIZE_DEFAULT = 33554432
+#: How many sessions a server holds at once, and from one client address.
+MAX_CONNECTIONS = 1000
+MAX_CONNECTIONS_PER_CLIENT = 50
 #: RFC 5321 4.5.3.2.7: "Server Timeout: 5 Minutes" (waiting for a command).
 IDLE_TIMEOUT = 300.0
 #: Message text past this many octets is written to a spool file as it
