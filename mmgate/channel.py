@@ -22,7 +22,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mmgate.hooks import HookResult, Message, Outcome, header_fields
-from mmgate.smtp import replies
+from mmgate.smtp import replies, xforward
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
 from mmgate.smtp.framing import MessageChunk, MessageData
@@ -115,6 +115,8 @@ class SMTPChannel(asyncio.Protocol):
         #: plugins' notes for the whole connection, and for the transaction
         self.notes: dict[str, Any] = {}
         self.txn: dict[str, Any] = {}
+        #: XFORWARD attributes for the next transaction (see mmgate.smtp.xforward)
+        self.forwarded: dict[str, str] = {}
         self.received_lines: list[str] = []
         self.received_data: str | bytes = ""
         #: The framer's account of the last message (size, long lines, bare
@@ -153,8 +155,20 @@ class SMTPChannel(asyncio.Protocol):
 
     @property
     def client_ip(self) -> str:
-        """The client's address, as relay control and plugins judge it."""
+        """The client's address, as relay control, plugins and the journal
+        judge it: the connecting host's, or the one a trusted MTA in front
+        named with XFORWARD for this transaction."""
+        return self.forwarded.get("ADDR") or self.peer_ip
+
+    @property
+    def peer_ip(self) -> str:
+        """The address of the host connected to us."""
         return str(self.addr[0]) if isinstance(self.addr, tuple) else str(self.addr)
+
+    @property
+    def client_helo(self) -> str:
+        """The client's HELO name (XFORWARD's, if a trusted MTA gave one)."""
+        return self.forwarded.get("HELO") or self.seen_greeting
 
     # -- transport events ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -354,6 +368,7 @@ class SMTPChannel(asyncio.Protocol):
             if hooks.has("reset"):
                 self._background(hooks.run("reset", self))
             self.txn = {}
+        self.forwarded = {}  # XFORWARD holds for one transaction
 
     def wait_for(self, work: Awaitable[None]) -> None:
         """Hold this session until ``work`` is done, then read on.
@@ -561,7 +576,28 @@ class SMTPChannel(asyncio.Protocol):
     # -- EHLO keywords -----------------------------------------------------
     def extensions(self) -> list[str]:
         """The EHLO keywords, in order; a subclass may add its own."""
-        return self.session.extensions()
+        keywords = self.session.extensions()
+        if self.smtp_server.xforward_allowed(self.peer_ip):
+            keywords.insert(-1, xforward.KEYWORD)
+        return keywords
+
+    def smtp_XFORWARD(self, arg: str | None) -> None:
+        """Postfix's XFORWARD, from trusted clients only, outside a transaction."""
+        if not self.smtp_server.xforward_allowed(self.peer_ip):
+            self.push(xforward.NOT_AUTHORIZED)
+            return
+        if self.session.in_transaction:
+            self.push(xforward.IN_TRANSACTION)
+            return
+        attributes = self._parse(xforward.parse, arg)
+        if attributes is None:
+            return
+        for name, value in attributes.items():
+            if value is None:
+                self.forwarded.pop(name, None)
+            else:
+                self.forwarded[name] = value
+        self.push(replies.OK)
 
     # -- SMTP and ESMTP commands ---------------------------------------------
     def smtp_HELO(self, arg: str | None) -> None:

@@ -302,11 +302,12 @@ class MailmanProxy(PureProxy):
                     log.error("id=%s: postmaster copy lost at commit: %s", queue_id, exc)
             else:
                 self.postmaster_box.discard(postmaster_copy)
+        client = channel.client_ip if channel is not None else str(peer[0])
         if self.recorder is not None:
-            self._record(peer, mailfrom, routes, relayed, message, queue_id, reply, staged)
+            self._record(client, mailfrom, routes, relayed, message, queue_id, reply, staged)
         log.info(
             "client=%s id=%s from=<%s> %s size=%d outcome=%s",
-            peer[0],
+            client,
             queue_id,
             mailfrom,
             " ".join(f"to=<{r.address}>:{r.describe()}" for r in routes)
@@ -341,7 +342,7 @@ class MailmanProxy(PureProxy):
 
     def _record(
         self,
-        peer: Any,
+        client: str,
         mailfrom: str,
         routes: list[Route],
         relayed: list[str],
@@ -366,7 +367,7 @@ class MailmanProxy(PureProxy):
         recorder.record(
             {
                 "time": time.time(),
-                "client": str(peer[0]),
+                "client": client,
                 "sender": mailfrom,
                 "size": size_of(message),
                 "message_id": staged.message_id if staged is not None else None,

@@ -122,6 +122,9 @@ class LMTPGateway(SMTPServer):
     def final_hooks(self) -> list[object]:
         return [LMTPSteps(self.gateway)]
 
+    def xforward_allowed(self, client_ip: str) -> bool:
+        return self.gateway.xforward_allowed(client_ip)
+
     async def process_message(
         self,
         peer: Any,

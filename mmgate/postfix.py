@@ -16,13 +16,19 @@ DEFAULT_SOCKETMAP = ("127.0.0.1", 8027)
 def main_cf(socketmap: tuple[str, int]) -> dict[str, str]:
     """The main.cf settings that hand Mailman's domains to mmgate: the
     domains, the recipients Postfix accepts at RCPT, and where it sends
-    them, all answered live by mmgate's socketmap (no generated files)."""
+    them, all answered live by mmgate's socketmap (no generated files);
+    and XFORWARD, so mmgate knows who the client was."""
     host, port = socketmap
     table = f"socketmap:inet:{host}:{port}"
     return {
         "relay_domains": f"{table}:domains",
         "relay_recipient_maps": f"{table}:recipients",
         "transport_maps": f"{table}:transport",
+        # the original client's address and HELO, for mmgate's relay
+        # decisions, journal and Received: line (servers that do not offer
+        # XFORWARD are sent nothing)
+        "smtp_send_xforward_command": "yes",
+        "lmtp_send_xforward_command": "yes",
     }
 
 

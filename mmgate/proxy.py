@@ -150,6 +150,10 @@ class PureProxy(SMTPServer):
     def final_hooks(self) -> list[object]:
         return [RelaySteps(self)]
 
+    def xforward_allowed(self, client_ip: str) -> bool:
+        """The clients that may relay are trusted to say who their client was."""
+        return self.relay_policy.client_may_relay(client_ip)
+
     def data_refusal(self, channel: SMTPChannel) -> Reply | None:
         # The upstream lost recipients it had accepted: the message cannot
         # reach all of them, so refuse it now rather than after its text.
@@ -174,7 +178,7 @@ class PureProxy(SMTPServer):
         if channel is None:
             return b""
         return received_header(
-            helo=channel.seen_greeting,
+            helo=channel.client_helo,
             client_ip=channel.client_ip,
             by=self.fqdn,
             protocol=protocol_keyword(

@@ -297,6 +297,11 @@ class SMTPServer:
                 attach(self)
         self.hooks = HookChain(plugins, self.final_hooks())
 
+    def xforward_allowed(self, client_ip: str) -> bool:
+        """Whether this client may name another with XFORWARD (an MTA in
+        front that this server trusts): nobody, for a plain server."""
+        return False
+
     def data_refusal(self, channel: SMTPChannel) -> Reply | None:
         """A reply to refuse the DATA command with, or None to answer 354."""
         return None

@@ -28,6 +28,7 @@ from mmgate.gateway import MailmanProxy
 from mmgate.lmtp import LMTPGateway
 from mmgate.postfix import main_cf
 from mmgate.socketmap import SocketmapServer
+from mmgate.store import Store
 from tests.harness import serving
 from tests.mailman_env import MailmanEnv
 from tests.postfix import Postfix, available
@@ -51,6 +52,7 @@ class Site:
     gateway: MailmanProxy
     #: where Mailman's outgoing copies go (smtp_port): Postfix, or mmgate
     mailman_smtp_port: int
+    store: Store
 
     def client(self) -> smtplib.SMTP:
         """A client from the Internet: outside Postfix's mynetworks."""
@@ -63,12 +65,14 @@ def site(request: pytest.FixtureRequest, mm: MailmanEnv, tmp_path: Path) -> Iter
     postfix_port = free_port()
     with ExitStack() as stack:
         upstream = ("127.0.0.1", postfix_port) if setup == "smtp" else None
+        store = Store(f"sqlite:///{tmp_path / 'store.db'}")
         gateway = MailmanProxy(
             ("127.0.0.1", 0),
             upstream,
             mailman=mm.mailman,
             refresh_interval=REFRESH,
             var_dir=tmp_path / "var",
+            store=store,
         )
         smtp_address = stack.enter_context(serving(gateway))
         if setup == "lmtp":
@@ -81,7 +85,13 @@ def site(request: pytest.FixtureRequest, mm: MailmanEnv, tmp_path: Path) -> Iter
         _, map_port = stack.enter_context(serving(socketmap))  # type: ignore[arg-type]
         # the lines ``mmgate postfix`` prints (and docs/gateway.md shows)
         recipe = main_cf(("127.0.0.1", map_port))
-        postfix = Postfix(postfix_port, {**recipe, "relayhost": f"[127.0.0.1]:{mm.capture.port}"})
+        postfix = Postfix(
+            postfix_port,
+            {
+                **recipe,
+                "relayhost": f"[127.0.0.1]:{mm.capture.port}",
+            },
+        )
         stack.callback(postfix.remove)
         postfix.start()
         yield Site(
@@ -89,6 +99,7 @@ def site(request: pytest.FixtureRequest, mm: MailmanEnv, tmp_path: Path) -> Iter
             postfix,
             gateway,
             postfix_port if setup == "lmtp" else smtp_address[1],
+            store,
         )
 
 
@@ -121,6 +132,12 @@ def test_a_post_reaches_mailman_and_members_copies_leave_through_postfix(
     with site.client() as client:
         client.sendmail("alice@example.org", ["test@example.com"], POST.replace(b"{}", b"1"))
     mm.wait_for_queue(1, timeout=20)
+    # Postfix said who the client was (XFORWARD): the Internet client, not Postfix
+    deadline = time.monotonic() + 10
+    while not (posted := [m for m in site.store.messages(limit=10, offset=0)[1]]):
+        assert time.monotonic() < deadline, "nothing in the journal"  # written each second
+        time.sleep(0.2)
+    assert [m["client"] for m in posted] == ["127.0.0.2"]
     run_runners(mm, site.mailman_smtp_port)
     copies = mm.capture.wait_for(before + 1)[before:]
     assert [c.rcpt_tos for c in copies] == [["alice@example.org"]]
