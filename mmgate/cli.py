@@ -313,14 +313,9 @@ def _api_beside(settings: GatewaySettings, args: argparse.Namespace) -> Any:
     return child
 
 
-def run_serve(argv: Sequence[str]) -> int:
-    from mmgate.gateway import MailmanProxy
-    from mmgate.mailman.backend import MailmanUnavailable
-    from mmgate.store import Store
-
-    parser = _Parser(
-        prog="mmgate serve", description="The gateway: list mail into Mailman, the rest relayed."
-    )
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """Every flag that makes serve's settings: ``serve`` itself, and the
+    commands that show what they would be (``config``, ``postfix``)."""
     parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8025")
     parser.add_argument(
         "--lmtp",
@@ -375,15 +370,26 @@ def run_serve(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--mailman-rest-port", type=int, metavar="PORT", help="the embedded Mailman's REST port"
     )
-    parser.add_argument("-d", "--debug", action="store_true", help="debug log lines")
-    parser.add_argument("--no-api", action="store_true", help="do not start the admin API")
-    parser.add_argument(
-        "--api-bind", metavar="HOST:PORT", help="the admin API's address (default 127.0.0.1:8026)"
-    )
     parser.add_argument(
         "--no-store",
         action="store_true",
         help="keep no counters, journal or pauses (implies --no-api)",
+    )
+
+
+def run_serve(argv: Sequence[str]) -> int:
+    from mmgate.gateway import MailmanProxy
+    from mmgate.mailman.backend import MailmanUnavailable
+    from mmgate.store import Store
+
+    parser = _Parser(
+        prog="mmgate serve", description="The gateway: list mail into Mailman, the rest relayed."
+    )
+    add_serve_options(parser)
+    parser.add_argument("-d", "--debug", action="store_true", help="debug log lines")
+    parser.add_argument("--no-api", action="store_true", help="do not start the admin API")
+    parser.add_argument(
+        "--api-bind", metavar="HOST:PORT", help="the admin API's address (default 127.0.0.1:8026)"
     )
     args = parser.parse_args(argv)
     settings = load_settings(args, listen_flag=args.listen)
@@ -535,23 +541,7 @@ def run_config(argv: Sequence[str]) -> int:
         prog="mmgate config",
         description="The settings in force (file, environment, flags), secrets masked, as TOML.",
     )
-    parser.add_argument("--listen", metavar="HOST:PORT", help="as for mmgate serve")
-    add_gateway_options(parser)
-    for flag in ("--lmtp", "--socketmap", "--hostname", "--postmaster"):
-        parser.add_argument(flag, help="as for mmgate serve")
-    for flag, kind in (
-        ("--message-size", int),
-        ("--idle-timeout", float),
-        ("--command-timeout", float),
-        ("--max-connections", int),
-        ("--max-connections-per-client", int),
-        ("--mailman-lmtp-port", int),
-        ("--mailman-rest-port", int),
-    ):
-        parser.add_argument(flag, type=kind, help="as for mmgate serve")
-    parser.add_argument("--smtputf8", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--no-runners", action="store_true")
-    parser.add_argument("--no-store", action="store_true")
+    add_serve_options(parser)
     args = parser.parse_args(argv)
     settings = load_settings(args, listen_flag=args.listen)
     print(config.dump_toml(settings.effective()), end="")
@@ -565,15 +555,9 @@ def run_postfix(argv: Sequence[str]) -> int:
         prog="mmgate postfix",
         description="The Postfix lines that put mmgate in front of Mailman, from the settings.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="as for mmgate serve")
-    parser.add_argument("--lmtp", metavar="HOST:PORT", help="as for mmgate serve")
-    parser.add_argument("--socketmap", metavar="HOST:PORT", help="as for mmgate serve")
+    add_serve_options(parser)
     args = parser.parse_args(argv)
-    settings = load_settings(
-        {"config": args.config, "lmtp": args.lmtp, "socketmap": args.socketmap},
-        listen_flag=args.listen,
-    )
+    settings = load_settings(args, listen_flag=args.listen)
     print(recipe(settings), end="")
     return 0
 
