@@ -17,10 +17,12 @@ import dataclasses
 import inspect
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from mmgate import tls
 from mmgate.hooks import HookResult, Message, Outcome, header_fields
 from mmgate.smtp import replies, xforward
 from mmgate.smtp.errors import ProtocolError
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from mmgate.server import SMTPServer
 
 log = logging.getLogger("mmgate.smtp")
+#: How long a client has to finish the TLS handshake after STARTTLS.
+TLS_HANDSHAKE = 30.0
 T = TypeVar("T")
 _BACKGROUND: set[asyncio.Future[Any]] = set()
 
@@ -117,6 +121,9 @@ class SMTPChannel(asyncio.Protocol):
         self.txn: dict[str, Any] = {}
         #: XFORWARD attributes for the next transaction (see mmgate.smtp.xforward)
         self.forwarded: dict[str, str] = {}
+        #: the TLS in force, in Postfix's words (None: plaintext)
+        self.tls_info: str | None = None
+        self._gone = False
         self.received_lines: list[str] = []
         self.received_data: str | bytes = ""
         #: The framer's account of the last message (size, long lines, bare
@@ -174,6 +181,9 @@ class SMTPChannel(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have the interface without the base class.
         self._transport = transport = cast(asyncio.Transport, transport)
+        if transport.get_extra_info("ssl_object") is not None:  # implicit TLS (RFC 8314)
+            self.session.tls = True
+            self._note_tls(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Nagle would hold the greeting and every reply for up to 40 ms.
@@ -201,6 +211,9 @@ class SMTPChannel(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._gone:
+            return  # said already (a failed TLS handshake)
+        self._gone = True
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
@@ -315,6 +328,8 @@ class SMTPChannel(asyncio.Protocol):
         self.received_lines = [command.line]
         verb = command.verb
         method = getattr(self, "smtp_" + verb, None) if verb.isascii() else None
+        if verb == "STARTTLS" and not self.starttls_offered:
+            method = None  # no certificate, or TLS already: as if not there
         if method is None:
             self.push(
                 replies.UNKNOWN_COMMAND.with_text(
@@ -577,9 +592,53 @@ class SMTPChannel(asyncio.Protocol):
     def extensions(self) -> list[str]:
         """The EHLO keywords, in order; a subclass may add its own."""
         keywords = self.session.extensions()
+        if self.starttls_offered:
+            keywords.insert(-1, "STARTTLS")
         if self.smtp_server.xforward_allowed(self.peer_ip):
             keywords.insert(-1, xforward.KEYWORD)
         return keywords
+
+    @property
+    def starttls_offered(self) -> bool:
+        return self.smtp_server.tls_context is not None and not self.session.tls
+
+    def smtp_STARTTLS(self, arg: str | None) -> None:
+        """RFC 3207: 220, then the handshake; the session starts anew."""
+        if self._parse(self.session.starttls, arg) is None:
+            return
+        self.push(replies.READY_FOR_TLS)
+        self.wait_for(self._start_tls())
+
+    async def _start_tls(self) -> None:
+        transport, context = self._transport, self.smtp_server.tls_context
+        if transport is None or context is None:
+            return
+        self._flush()  # the 220 leaves in plaintext, ahead of the handshake
+        dropped = self.session.begin_tls()
+        if dropped:
+            log.warning(
+                "%s: %d octets sent in plaintext after STARTTLS were dropped",
+                self._peer_text,
+                dropped,
+            )
+        try:
+            # (reading is paused: nothing arrives between the drop and this)
+            upgraded = await asyncio.get_running_loop().start_tls(
+                transport, self, context, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("%s: TLS handshake failed: %s", self._peer_text, exc)
+            transport.abort()
+            self.connection_lost(exc)
+            return
+        self._transport = cast(asyncio.Transport, upgraded)
+        self._note_tls(self._transport)
+        self.session.tls_started()
+        self.transaction_ended()
+        self.received_data = ""
+
+    def _note_tls(self, transport: asyncio.BaseTransport) -> None:
+        self.tls_info = tls.describe(transport.get_extra_info("ssl_object"))
 
     def smtp_XFORWARD(self, arg: str | None) -> None:
         """Postfix's XFORWARD, from trusted clients only, outside a transaction."""
@@ -669,6 +728,9 @@ class SMTPChannel(asyncio.Protocol):
         self.push(replies.EXPN_NOT_IMPLEMENTED)
 
     def smtp_MAIL(self, arg: str | None) -> None:
+        if not self.session.tls and self.smtp_server.tls_required(self.peer_ip):
+            self.push(replies.TLS_REQUIRED)
+            return
         try:
             mail = self.session.mail(arg)
         except ProtocolError as exc:

@@ -12,11 +12,14 @@ import json
 import logging
 import os
 import signal
+import socket
+import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
-from mmgate import config
+from mmgate import config, tls
 from mmgate._version import __version__
 from mmgate.children import die_with_parent
 from mmgate.debugging import DebuggingServer
@@ -358,6 +361,23 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="offer SMTPUTF8, RFC 6531 (default off)",
     )
+    parser.add_argument("--tls-cert", metavar="PEM", help="certificate, then its chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's key")
+    parser.add_argument(
+        "--starttls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="offer STARTTLS (default on; without --tls-cert, a self-signed "
+        "certificate under VAR/tls/)",
+    )
+    parser.add_argument(
+        "--tls-listen", metavar="HOST:PORT", help="also an implicit-TLS listener (RFC 8314)"
+    )
+    parser.add_argument(
+        "--tls-require",
+        choices=("relay", "none", "all"),
+        help="who must use TLS before MAIL (default relay: relay clients but loopback)",
+    )
     parser.add_argument(
         "--no-runners",
         action="store_true",
@@ -375,6 +395,25 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep no counters, journal or pauses (implies --no-api)",
     )
+
+
+def _tls_files(settings: GatewaySettings) -> tuple[Path, Path]:
+    """The configured certificate and key, or the self-signed pair."""
+    if settings.tls.cert is not None and settings.tls.key is not None:
+        return settings.tls.cert, settings.tls.key
+    name = settings.session.hostname or socket.getfqdn()
+    return tls.ensure_self_signed(settings.var_dir / "tls", name)
+
+
+def _tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
+    """serve's TLS context, or None when neither STARTTLS nor an
+    implicit-TLS listener is wanted; a bad certificate is one line."""
+    if not (settings.tls.starttls or settings.tls.listen):
+        return None
+    try:
+        return tls.server_context(*_tls_files(settings))
+    except tls.TLSConfigError as exc:
+        raise UsageError(f"TLS cannot be used: {exc}") from None
 
 
 def run_serve(argv: Sequence[str]) -> int:
@@ -396,6 +435,7 @@ def run_serve(argv: Sequence[str]) -> int:
     loop_factory()
     plugins = load_plugins(settings.plugins)
     settings.prepare()
+    tls_context = _tls_context(settings)
     try:
         server = MailmanProxy(
             settings.listen,
@@ -408,8 +448,12 @@ def run_serve(argv: Sequence[str]) -> int:
             plugins=plugins,
             var_dir=settings.var_dir,
             postmaster=settings.postmaster,
+            tls_context=tls_context,
+            tls_required_networks=settings.tls.required_networks(settings.policy),
             **settings.session.server_kwargs(),
         )
+        if settings.tls.listen is not None and tls_context is not None:
+            implicit = server.add_listener(settings.tls.listen, implicit_tls=True)
     except MailmanUnavailable as exc:
         raise UsageError(f"Mailman cannot be used: {exc}") from None
     except OSError as exc:
@@ -457,6 +501,12 @@ def run_serve(argv: Sequence[str]) -> int:
         len(snap.domains),
         f"{settings.upstream[0]}:{settings.upstream[1]}" if settings.upstream else "not configured",
     )
+    if tls_context is not None:
+        logging.getLogger("mmgate").info(
+            "TLS: STARTTLS offered%s with %s",
+            f", implicit TLS on {implicit[0]}:{implicit[1]}" if settings.tls.listen else "",
+            settings.tls.cert or "a self-signed certificate",
+        )
     if lmtp is not None:
         logging.getLogger("mmgate").info("LMTP on %s:%d", *lmtp.address)
     if socketmap is not None:
@@ -495,6 +545,13 @@ def run_serve(argv: Sequence[str]) -> int:
         server.router.stale_after = new.stale_after
         server.directory.refresh_interval = new.refresh_interval
         server.set_plugins(plugins)
+        server.tls_required_networks = new.tls.required_networks(new.policy)
+        if server.tls_context is not None:
+            cert, key = _tls_files(new)
+            try:
+                tls.reload(server.tls_context, cert, key)
+            except tls.TLSConfigError as exc:
+                log.error("reload: TLS certificate unchanged: %s", exc)
         for what, old, now in (
             ("listen", settings.listen, new.listen),
             ("lmtp", settings.lmtp, new.lmtp),

@@ -42,6 +42,13 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "lmtp": {
         "listen": (str, "HOST:PORT (an LMTP listener, RFC 2033)"),
     },
+    "tls": {
+        "cert": (str, "a PEM file: the certificate, then its chain"),
+        "key": (str, "a PEM file: the certificate's private key"),
+        "starttls": (bool, "true or false: offer STARTTLS (RFC 3207)"),
+        "listen": (str, "HOST:PORT of an implicit-TLS listener (RFC 8314)"),
+        "require": (str, '"relay" (relay clients but loopback), "none" or "all"'),
+    },
     "postfix": {
         "socketmap": (str, "HOST:PORT (Postfix's lookup tables, socketmap_table(5))"),
     },

@@ -19,6 +19,13 @@ LOOPBACK: tuple[Network, ...] = (
 )
 
 
+#: Everyone (``[tls] require = "all"``).
+ALL_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("0.0.0.0/0"),
+    ipaddress.ip_network("::/0"),
+)
+
+
 def client_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The client's address as an address: an IPv4-mapped IPv6 one unwrapped,
     a zone dropped; None for what is not an address."""

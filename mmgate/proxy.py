@@ -182,10 +182,13 @@ class PureProxy(SMTPServer):
             client_ip=channel.client_ip,
             by=self.fqdn,
             protocol=protocol_keyword(
-                extended=channel.extended_smtp, smtputf8=channel.require_SMTPUTF8
+                extended=channel.extended_smtp,
+                smtputf8=channel.require_SMTPUTF8,
+                tls=channel.session.tls,
             ),
             message_id=message_id,
             recipient=rcpttos[0] if len(rcpttos) == 1 else None,
+            tls=channel.tls_info,
         )
 
     async def process_message(

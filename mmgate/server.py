@@ -19,6 +19,7 @@ import logging
 import re
 import signal
 import socket
+import ssl
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,7 +29,7 @@ from typing import Any, Protocol, cast
 
 from mmgate import runtime
 from mmgate._version import __version__
-from mmgate.channel import SMTPChannel
+from mmgate.channel import TLS_HANDSHAKE, SMTPChannel
 from mmgate.hooks import HookChain
 from mmgate.networks import LOOPBACK, Network, in_networks
 from mmgate.smtp import replies
@@ -225,6 +226,8 @@ class SMTPServer:
         memory_budget: int = MEMORY_BUDGET,
         spool_dir: str | Path | None = None,
         spool_memory: int = SPOOL_MEMORY,
+        tls_context: ssl.SSLContext | None = None,
+        tls_required_networks: Sequence[Network] = (),
     ) -> None:
         if enable_SMTPUTF8 and decode_data:
             raise ValueError(
@@ -270,6 +273,14 @@ class SMTPServer:
         self._pm_is_async = inspect.iscoroutinefunction(self.process_message)
         self._serial: ThreadPoolExecutor | None = None
         self._pm_options = _accepts_options(self.process_message)
+        #: STARTTLS is offered when set (see mmgate.tls); replace it, or
+        #: reload its certificate, at any time: new handshakes use it
+        self.tls_context = tls_context
+        #: clients that must use TLS before MAIL (530 5.7.0)
+        self.tls_required_networks = tuple(tls_required_networks)
+        #: more listening sockets (an implicit-TLS one): socket, TLS context
+        self._more: list[tuple[socket.socket, ssl.SSLContext | None]] = []
+        self._more_servers: list[asyncio.Server] = []
         self._socket: socket.socket | None = bind(localaddr, backlog)
         register(self)
         log.debug("%s bound to %s, upstream %s", type(self).__name__, self.address, remoteaddr)
@@ -281,6 +292,25 @@ class SMTPServer:
             host, port = self._socket.getsockname()[:2]
             return host, port
         return self._localaddr
+
+    def add_listener(
+        self, localaddr: tuple[str, int], *, implicit_tls: bool = False
+    ) -> tuple[str, int]:
+        """Listen on ``localaddr`` too, for the same sessions; with
+        ``implicit_tls`` the connection is TLS from its first octet (RFC
+        8314), with :attr:`tls_context`. Returns the address bound."""
+        if implicit_tls and self.tls_context is None:
+            raise ValueError("implicit TLS needs a tls_context")
+        sock = bind(localaddr, self.backlog)
+        self._more.append((sock, self.tls_context if implicit_tls else None))
+        host, port = sock.getsockname()[:2]
+        return host, port
+
+    def tls_required(self, client_ip: str) -> bool:
+        """Whether this client must start TLS before MAIL."""
+        return bool(self.tls_required_networks) and in_networks(
+            client_ip, self.tls_required_networks
+        )
 
     # -- the hooks -------------------------------------------------------
     def final_hooks(self) -> list[object]:
@@ -463,6 +493,16 @@ class SMTPServer:
             self._aserver = await loop.create_server(
                 lambda: _Acceptor(self), sock=self._socket, backlog=self.backlog
             )
+            for sock, context in self._more:
+                self._more_servers.append(
+                    await loop.create_server(
+                        lambda: _Acceptor(self),
+                        sock=sock,
+                        backlog=self.backlog,
+                        ssl=context,
+                        ssl_handshake_timeout=TLS_HANDSHAKE if context else None,
+                    )
+                )
             if self.command_timeout or self.min_data_rate:
                 self._sweeper = loop.create_task(self._sweep())
 
@@ -490,6 +530,12 @@ class SMTPServer:
         elif self._socket is not None:
             self._socket.close()
         self._socket = None
+        for more in self._more_servers:
+            more.close()
+        if not self._more_servers:
+            for sock, _ in self._more:
+                sock.close()
+        self._more, self._more_servers = [], []
         for channel in list(self._channels):
             if not channel.in_transaction:
                 channel.shutdown()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmgate import config
 from mmgate.config import STALE_AFTER, ConfigError
+from mmgate.networks import ALL_NETWORKS, LOOPBACK, Network
 from mmgate.relay.policy import RelayPolicy
 from mmgate.smtp.limits import (
     COMMAND_TIMEOUT,
@@ -129,6 +130,64 @@ def _session(cfg: config.ConfigFile, args: argparse.Namespace) -> SessionSetting
     return SessionSettings(**values)
 
 
+TLS_REQUIRE = ("relay", "none", "all")
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """``[tls]``: the certificate (None: a self-signed one made under
+    VAR/tls/ on first start), STARTTLS, an implicit-TLS listener, and who
+    must use TLS before MAIL."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    starttls: bool = True
+    listen: tuple[str, int] | None = None
+    require: str = "relay"
+
+    def required_networks(self, policy: RelayPolicy) -> tuple[Network, ...]:
+        """``relay``: the relay networks but loopback (Mailman on this host
+        hands over its copies in plaintext); ``all``: everyone."""
+        if self.require == "none":
+            return ()
+        if self.require == "all":
+            return ALL_NETWORKS
+        return tuple(
+            n
+            for n in policy.networks
+            if not any(n.version == lo.version and n.overlaps(lo) for lo in LOOPBACK)
+        )
+
+
+def _tls(cfg: config.ConfigFile, args: argparse.Namespace) -> TLSSettings:
+    cert, cert_where = config.pick(
+        cfg, "tls", "cert", getattr(args, "tls_cert", None), "--tls-cert", None
+    )
+    key, key_where = config.pick(
+        cfg, "tls", "key", getattr(args, "tls_key", None), "--tls-key", None
+    )
+    if (cert is None) != (key is None):
+        where = cert_where if cert is not None else key_where
+        raise ConfigError(f"{where}: a certificate needs its key (--tls-cert with --tls-key)")
+    starttls, _ = config.pick(
+        cfg, "tls", "starttls", getattr(args, "starttls", None), "--starttls", True
+    )
+    require, require_where = config.pick(
+        cfg, "tls", "require", getattr(args, "tls_require", None), "--tls-require", "relay"
+    )
+    if require not in TLS_REQUIRE:
+        raise ConfigError(
+            f"{require_where}: must be one of {', '.join(TLS_REQUIRE)}, not {require!r}"
+        )
+    return TLSSettings(
+        cert=Path(cert).resolve() if cert else None,
+        key=Path(key).resolve() if key else None,
+        starttls=bool(starttls),
+        listen=_address(cfg, args, "tls", "listen", "tls_listen"),
+        require=require,
+    )
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     listen: tuple[str, int]
@@ -162,6 +221,7 @@ class GatewaySettings:
     runners: bool = True
     #: what each SMTP session is held to
     session: SessionSettings = field(default_factory=SessionSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
 
     @property
     def mailman_config_path(self) -> Path:
@@ -203,6 +263,13 @@ class GatewaySettings:
                 "max_connections_per_client": session.max_connections_per_client,
                 "smtputf8": session.smtputf8,
                 "postmaster": self.postmaster,
+            },
+            "tls": {
+                "cert": str(self.tls.cert) if self.tls.cert else None,
+                "key": str(self.tls.key) if self.tls.key else None,
+                "starttls": self.tls.starttls,
+                "listen": hostport(self.tls.listen) if self.tls.listen else None,
+                "require": self.tls.require,
             },
             "lmtp": {"listen": hostport(self.lmtp) if self.lmtp else None},
             "postfix": {"socketmap": hostport(self.socketmap) if self.socketmap else None},
@@ -355,6 +422,7 @@ def load(
         mailman_lmtp_port=_port(cfg, args, "lmtp_port"),
         mailman_rest_port=_port(cfg, args, "rest_port"),
         session=_session(cfg, args),
+        tls=_tls(cfg, args),
         runners=not getattr(args, "no_runners", False)
         and cfg.get("mailman", "runners") is not False,
     )
@@ -375,7 +443,7 @@ def _address(
     cfg: config.ConfigFile, args: argparse.Namespace, section: str, key: str, flag: str
 ) -> tuple[str, int] | None:
     """A HOST:PORT from ``--FLAG`` (a serve flag), else the file's key."""
-    option = f"--{flag}"
+    option = f"--{flag.replace('_', '-')}"
     value, where = config.pick(cfg, section, key, getattr(args, flag, None), option, None)
     return config.hostport(value, where=where) if value is not None else None
 

@@ -150,6 +150,14 @@ def test_route_json_and_relay_control_for_another_client(mailman_env: MailmanEnv
         ),
         (["--listen", "localhost"], "--listen: must be HOST:PORT, not 'localhost'"),
         (["--relay", "nowhere"], "--relay: must be HOST:PORT, not 'nowhere'"),
+        (
+            ["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"],
+            "TLS cannot be used: /nonexistent/cert.pem: no such file",
+        ),
+        (
+            ["--tls-cert", "/nonexistent/cert.pem"],
+            "--tls-cert: a certificate needs its key (--tls-cert with --tls-key)",
+        ),
     ],
 )
 def test_serve_refuses_to_start_with_one_line_naming_the_problem(tmp_path: Path, args, message):
@@ -453,3 +461,69 @@ def test_serve_applies_the_session_settings_from_flags_and_file(tmp_path: Path):
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_serve_offers_starttls_out_of_the_box_and_reloads_its_certificate_on_sighup(
+    tmp_path: Path,
+):
+    import ssl
+
+    import trustme
+
+    def pair(ca: trustme.CA, name: str) -> None:
+        leaf = ca.issue_cert("mx.example.org", "127.0.0.1")
+        leaf.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+
+    def trusting(ca: trustme.CA) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        return context
+
+    # out of the box: a self-signed certificate, made once, its key private
+    port = free_port()
+    proc = start_serve(tmp_path, port, free_port(), "--no-api", "--no-runners")
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.ehlo()
+            assert client.has_extn("starttls")
+            unverified = ssl.create_default_context()
+            unverified.check_hostname = False
+            unverified.verify_mode = ssl.CERT_NONE
+            assert client.starttls(context=unverified)[0] == 220
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    key = tmp_path / "var" / "tls" / "key.pem"
+    assert (key.stat().st_mode & 0o777) == 0o600
+
+    # a configured pair, replaced and reloaded on SIGHUP
+    first, second = trustme.CA(), trustme.CA()
+    pair(first, "live")
+    (tmp_path / "mmgate.toml").write_text(
+        f'[tls]\ncert = "{tmp_path / "live.pem"}"\nkey = "{tmp_path / "live.key"}"\n'
+    )
+    port = free_port()
+    proc = start_serve(
+        tmp_path, port, free_port(), "--config", "mmgate.toml", "--no-api", "--no-runners"
+    )
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as old_session:
+            old_session.starttls(context=trusting(first))
+            old_session.ehlo()
+            pair(second, "live")
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while True:
+                with smtplib.SMTP("127.0.0.1", port) as client:
+                    try:
+                        client.starttls(context=trusting(second))
+                        break
+                    except ssl.SSLError:
+                        assert time.monotonic() < deadline, "the new certificate never came"
+                time.sleep(0.2)
+            assert old_session.noop()[0] == 250  # the session in TLS went on
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "settings reloaded" in err

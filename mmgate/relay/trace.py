@@ -18,11 +18,14 @@ def new_id() -> str:
     return secrets.token_hex(6).upper()
 
 
-def protocol_keyword(*, extended: bool, smtputf8: bool) -> str:
-    """RFC 3848 / RFC 6531 3.7.3 "with" keyword for this session."""
+def protocol_keyword(*, extended: bool, smtputf8: bool, tls: bool = False) -> str:
+    """RFC 3848 / RFC 6531 3.7.3 "with" keyword for this session (``S``:
+    over TLS)."""
     if smtputf8:
-        return "UTF8SMTP"
-    return "ESMTP" if extended else "SMTP"
+        return "UTF8SMTPS" if tls else "UTF8SMTP"
+    if extended:
+        return "ESMTPS" if tls else "ESMTP"
+    return "SMTP"
 
 
 def received_header(
@@ -33,6 +36,7 @@ def received_header(
     protocol: str,
     message_id: str,
     recipient: str | None = None,
+    tls: str | None = None,
 ) -> bytes:
     """One Received: header, folded, with CRLF line endings.
 
@@ -41,10 +45,10 @@ def received_header(
     """
     literal = f"[IPv6:{client_ip}]" if ":" in client_ip else f"[{client_ip}]"
     helo_text = "".join(c if " " < c < "\x7f" and c not in "()\\" else "?" for c in helo) or literal
-    lines = [
-        f"Received: from {helo_text} ({literal})",
-        f"\tby {by} (mmgate {__version__}) with {protocol} id {message_id}",
-    ]
+    lines = [f"Received: from {helo_text} ({literal})"]
+    if tls is not None:  # as Postfix says it
+        lines.append(f"\t(using {tls})")
+    lines.append(f"\tby {by} (mmgate {__version__}) with {protocol} id {message_id}")
     if recipient is not None:
         lines.append(f"\tfor <{recipient}>")
     lines[-1] += f"; {format_datetime(localtime())}"

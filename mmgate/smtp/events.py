@@ -100,6 +100,11 @@ class Quit:
 
 
 @dataclass(slots=True)
+class StartTLS:
+    """STARTTLS (RFC 3207): the transport answers 220 and starts TLS."""
+
+
+@dataclass(slots=True)
 class Unknown:
     """A verb the core does not implement; the transport may (``smtp_XFOO``)."""
 
@@ -108,5 +113,16 @@ class Unknown:
 
 
 Event = (
-    Hello | MailFrom | RcptTo | DataRequest | Reset | Verify | Expand | Help | Noop | Quit | Unknown
+    Hello
+    | MailFrom
+    | RcptTo
+    | DataRequest
+    | Reset
+    | Verify
+    | Expand
+    | Help
+    | Noop
+    | Quit
+    | StartTLS
+    | Unknown
 )

@@ -164,6 +164,14 @@ class Framer:
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 
+    def discard(self) -> int:
+        """Drop every byte received and not yet framed (RFC 3207 4.2: what
+        came in plaintext behind STARTTLS); how many were dropped."""
+        dropped = len(self._buf) + self._overlong
+        self._buf.clear()
+        self._scan = self._overlong = 0
+        return dropped
+
     def start_data(self) -> None:
         """Switch to message text. The virtual CRLF is the DATA line's own."""
         self._buf[0:0] = b"\r\n"

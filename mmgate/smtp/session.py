@@ -37,6 +37,7 @@ from mmgate.smtp.events import (
     Quit,
     RcptTo,
     Reset,
+    StartTLS,
     Unknown,
     Verify,
 )
@@ -126,6 +127,8 @@ class Session:
         self.errors = 0
         #: the session has said 421 and must be closed once its output is out
         self.closing = False
+        #: TLS is in force (STARTTLS done, or an implicit-TLS listener)
+        self.tls = False
         self._out: list[bytes] = []
 
     # -- configuration -----------------------------------------------------
@@ -310,6 +313,32 @@ class Session:
             return Verify(arg, False)
         return Verify(arg, True)
 
+    def starttls(self, arg: str | None) -> StartTLS:
+        """RFC 3207 4: no argument, once per session; the sequence (after
+        EHLO, outside a transaction) is the state table's."""
+        if arg:
+            raise ProtocolError(replies.SYNTAX_STARTTLS)
+        if self.tls:
+            raise ProtocolError(replies.TLS_ACTIVE)
+        return StartTLS()
+
+    def begin_tls(self) -> int:
+        """Just before the handshake, once 220 is sent: whatever came in
+        plaintext behind the STARTTLS line is dropped, never run as a
+        command of the encrypted session (the command injection of
+        CVE-2011-0411). Returns how many octets were dropped."""
+        return self.framer.discard()
+
+    def tls_started(self) -> None:
+        """TLS is up (RFC 3207 4.2): everything known from before it is
+        forgotten, so the client must say EHLO again. (What arrives from
+        here on came through TLS: nothing more is dropped.)"""
+        self.clear_transaction()
+        self.seen_greeting = ""
+        self.extended_smtp = False
+        self._advance(Step.TLS)
+        self.tls = True
+
     def help_reply(self, topic: str | None) -> Reply:
         if not topic:
             return replies.HELP
@@ -428,6 +457,7 @@ _PARSERS: dict[str, Callable[[Session, str | None], Event]] = {
     "EXPN": lambda s, arg: Expand(arg),
     "HELP": lambda s, arg: Help(arg),
     "QUIT": lambda s, arg: Quit(),
+    "STARTTLS": Session.starttls,
 }
 #: RFC 2033 4.1: LHLO replaces HELO and EHLO, which LMTP does not know.
 _LMTP_PARSERS: dict[str, Callable[[Session, str | None], Event]] = {

@@ -42,11 +42,18 @@ class Step(Enum):
     RECEIVED = "received"  #: the message text ended (CRLF.CRLF)
     END = "end"  #: the message was answered
     RESET = "reset"  #: RSET, or a transaction aborted
+    #: TLS started (RFC 3207 4.2): the session is as new, EHLO again
+    TLS = "tls"
 
 
 TRANSITIONS: dict[Phase, dict[Step, Phase]] = {
     Phase.CONNECTED: {Step.GREET: Phase.GREETED, Step.RESET: Phase.CONNECTED},
-    Phase.GREETED: {Step.GREET: Phase.GREETED, Step.MAIL: Phase.MAIL, Step.RESET: Phase.GREETED},
+    Phase.GREETED: {
+        Step.GREET: Phase.GREETED,
+        Step.MAIL: Phase.MAIL,
+        Step.RESET: Phase.GREETED,
+        Step.TLS: Phase.CONNECTED,
+    },
     Phase.MAIL: {Step.GREET: Phase.GREETED, Step.RCPT: Phase.RCPT, Step.RESET: Phase.GREETED},
     Phase.RCPT: {
         Step.GREET: Phase.GREETED,
@@ -72,6 +79,12 @@ SEQUENCE: dict[str, dict[Phase, Reply]] = {
         Phase.CONNECTED: replies.SEND_HELO_FIRST,
         Phase.GREETED: replies.NEED_RCPT,
         Phase.MAIL: replies.NEED_RCPT,
+    },
+    # RFC 3207 4: after EHLO (whose reply offers it), outside a transaction
+    "STARTTLS": {
+        Phase.CONNECTED: replies.SEND_HELO_FIRST,
+        Phase.MAIL: replies.TRANSACTION_IN_PROGRESS,
+        Phase.RCPT: replies.TRANSACTION_IN_PROGRESS,
     },
 }
 
