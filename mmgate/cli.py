@@ -361,6 +361,14 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="offer SMTPUTF8, RFC 6531 (default off)",
     )
+    parser.add_argument(
+        "--relay-tls",
+        choices=("none", "may", "encrypt", "verify"),
+        help="TLS with the upstream (default may: STARTTLS when offered)",
+    )
+    parser.add_argument(
+        "--relay-tls-ca", metavar="PEM", help="CA certificates for --relay-tls verify"
+    )
     parser.add_argument("--tls-cert", metavar="PEM", help="certificate, then its chain")
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's key")
     parser.add_argument(
@@ -450,6 +458,7 @@ def run_serve(argv: Sequence[str]) -> int:
             postmaster=settings.postmaster,
             tls_context=tls_context,
             tls_required_networks=settings.tls.required_networks(settings.policy),
+            upstream_tls=settings.upstream_tls,
             **settings.session.server_kwargs(),
         )
         if settings.tls.listen is not None and tls_context is not None:

@@ -54,6 +54,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     },
     "relay": {
         "upstream": (str, "HOST:PORT"),
+        "tls": (str, '"none", "may", "encrypt" or "verify"'),
+        "tls_ca": (str, "a PEM file of CA certificates (tls = verify)"),
+        "tls_name": (str, "the name the upstream's certificate must carry (tls = verify)"),
         "networks": _STRINGS,
         "domains": _STRINGS,
     },

@@ -18,7 +18,7 @@ from mmgate.hooks import HookResult, Outcome
 from mmgate.relay import replies as relay_replies
 from mmgate.relay.policy import RelayPolicy, relay_refusal
 from mmgate.relay.trace import insert_x_peer, new_id, protocol_keyword, received_header
-from mmgate.relay.upstream import ClientTimeouts, RelayTransaction, UpstreamPool
+from mmgate.relay.upstream import ClientTimeouts, RelayTransaction, UpstreamPool, UpstreamTLS
 from mmgate.server import ProcessResult, SMTPServer, current_channel
 from mmgate.smtp.events import MailFrom, RcptTo
 from mmgate.smtp.replies import Reply
@@ -134,6 +134,7 @@ class PureProxy(SMTPServer):
         relay_policy: RelayPolicy | None = None,
         client_timeouts: ClientTimeouts | None = None,
         upstream_pool_size: int = 16,
+        upstream_tls: UpstreamTLS | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
@@ -145,6 +146,7 @@ class PureProxy(SMTPServer):
                 local_hostname=self.fqdn,
                 max_idle=upstream_pool_size,
                 timeouts=client_timeouts,
+                tls=upstream_tls,
             )
 
     def final_hooks(self) -> list[object]:

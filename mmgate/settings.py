@@ -22,6 +22,7 @@ from mmgate import config
 from mmgate.config import STALE_AFTER, ConfigError
 from mmgate.networks import ALL_NETWORKS, LOOPBACK, Network
 from mmgate.relay.policy import RelayPolicy
+from mmgate.relay.upstream import TLS_POLICIES, UpstreamTLS
 from mmgate.smtp.limits import (
     COMMAND_TIMEOUT,
     DATA_SIZE_DEFAULT,
@@ -188,6 +189,21 @@ def _tls(cfg: config.ConfigFile, args: argparse.Namespace) -> TLSSettings:
     )
 
 
+def _upstream_tls(cfg: config.ConfigFile, args: argparse.Namespace) -> UpstreamTLS:
+    policy, where = config.pick(
+        cfg, "relay", "tls", getattr(args, "relay_tls", None), "--relay-tls", "may"
+    )
+    if policy not in TLS_POLICIES:
+        raise ConfigError(f"{where}: must be one of {', '.join(TLS_POLICIES)}, not {policy!r}")
+    ca, ca_where = config.pick(
+        cfg, "relay", "tls_ca", getattr(args, "relay_tls_ca", None), "--relay-tls-ca", None
+    )
+    if ca is not None and not Path(ca).is_file():
+        raise ConfigError(f"{ca_where}: {ca}: no such file")
+    name, _ = config.pick(cfg, "relay", "tls_name", None, "", None)
+    return UpstreamTLS(policy, str(Path(ca).resolve()) if ca else None, name)
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     listen: tuple[str, int]
@@ -222,6 +238,8 @@ class GatewaySettings:
     #: what each SMTP session is held to
     session: SessionSettings = field(default_factory=SessionSettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
+    #: TLS with the upstream relay (Postfix's smtp_tls_security_level)
+    upstream_tls: UpstreamTLS = field(default_factory=UpstreamTLS)
 
     @property
     def mailman_config_path(self) -> Path:
@@ -275,6 +293,9 @@ class GatewaySettings:
             "postfix": {"socketmap": hostport(self.socketmap) if self.socketmap else None},
             "relay": {
                 "upstream": hostport(self.upstream) if self.upstream else None,
+                "tls": self.upstream_tls.policy,
+                "tls_ca": self.upstream_tls.ca_file,
+                "tls_name": self.upstream_tls.server_name,
                 "networks": [str(n) for n in self.policy.networks],
                 "domains": sorted(self.policy.domains),
             },
@@ -423,6 +444,7 @@ def load(
         mailman_rest_port=_port(cfg, args, "rest_port"),
         session=_session(cfg, args),
         tls=_tls(cfg, args),
+        upstream_tls=_upstream_tls(cfg, args),
         runners=not getattr(args, "no_runners", False)
         and cfg.get("mailman", "runners") is not False,
     )

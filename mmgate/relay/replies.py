@@ -30,3 +30,6 @@ NEEDS_8BITMIME = Reply(554, "5.6.3", "8-bit message but the upstream does not ac
 #: RFC 6531 3.5: X.6.7 for an address or header that needs SMTPUTF8.
 NEEDS_SMTPUTF8_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address but the upstream has no SMTPUTF8")
 NEEDS_SMTPUTF8_HEADERS = Reply(554, "5.6.7", "Non-ASCII headers but the upstream has no SMTPUTF8")
+#: RFC 3463 X.7.5 "Cryptographic failure": TLS with the upstream was
+#: required (policy encrypt or verify) and failed; temporary, as Postfix.
+UPSTREAM_TLS_FAILED = Reply(451, "4.7.5", "TLS with the upstream failed, try again later")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -53,6 +54,42 @@ class ClientTimeouts:
     @classmethod
     def uniform(cls, seconds: float) -> ClientTimeouts:
         return cls(seconds, seconds, seconds, seconds, seconds)
+
+
+#: Postfix's smtp_tls_security_level names: ``none``, ``may`` (STARTTLS
+#: when offered, plaintext if it fails), ``encrypt`` (TLS or nothing, the
+#: certificate unchecked), ``verify`` (TLS with a certificate that a CA
+#: vouches for and that names the upstream).
+TLS_POLICIES = ("none", "may", "encrypt", "verify")
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """How the relay uses TLS with its upstream."""
+
+    policy: str = "may"
+    #: CA certificates (PEM) for ``verify``; None: the system's store
+    ca_file: str | None = None
+    #: the name the certificate must carry (``verify``); None: the upstream's host
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in TLS_POLICIES:
+            raise ValueError(f"TLS policy must be one of {', '.join(TLS_POLICIES)}")
+
+    def context(self) -> ssl.SSLContext:
+        if self.policy == "verify":
+            context = ssl.create_default_context(cafile=self.ca_file)
+        else:  # encrypted, not authenticated (an MX's usual lot)
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
+class UpstreamTLSFailed(Exception):
+    """TLS with the upstream was required and could not be had."""
 
 
 def as_reply(code: int, message: str) -> Reply:
@@ -118,9 +155,12 @@ class UpstreamPool:
         max_connections: int = 64,
         idle_timeout: float = 60.0,
         timeouts: ClientTimeouts | None = None,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.address = address
         self.local_hostname = local_hostname
+        self.tls = tls or UpstreamTLS()
+        self._tls_context = self.tls.context() if self.tls.policy != "none" else None
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.timeouts = timeouts or ClientTimeouts()
@@ -151,7 +191,7 @@ class UpstreamPool:
         else:
             conn.close()
 
-    async def _connect(self) -> Connection:
+    async def _connect(self, *, plaintext: bool = False) -> Connection:
         host, port = self.address
         smtp = aiosmtplib.SMTP(
             hostname=host,
@@ -166,7 +206,36 @@ class UpstreamPool:
         except aiosmtplib.SMTPHeloError:
             await smtp.helo(timeout=self.timeouts.greeting)
         self.connects += 1
+        if self._tls_context is not None and not plaintext:
+            try:
+                await self._start_tls(smtp)
+            except UpstreamTLSFailed as exc:
+                smtp.close()
+                if self.tls.policy != "may":
+                    log.warning(
+                        "upstream %s: %s (TLS policy %s)", self.address, exc, self.tls.policy
+                    )
+                    raise
+                log.warning(
+                    "upstream %s: %s; going on in plaintext (TLS policy may)", self.address, exc
+                )
+                return await self._connect(plaintext=True)
         return Connection(smtp)
+
+    async def _start_tls(self, smtp: aiosmtplib.SMTP) -> None:
+        if not smtp.supports_extension("starttls"):
+            if self.tls.policy == "may":
+                return  # nothing offered, nothing tried: plaintext, as Postfix's may
+            raise UpstreamTLSFailed("no STARTTLS offered")
+        try:
+            await smtp.starttls(
+                tls_context=self._tls_context,
+                server_hostname=self.tls.server_name or self.address[0],
+                timeout=self.timeouts.greeting,
+            )
+            await smtp.ehlo(timeout=self.timeouts.greeting)  # RFC 3207 4.2: anew
+        except (ssl.SSLError, aiosmtplib.SMTPException, *_TIMEOUT, *_LOST) as exc:
+            raise UpstreamTLSFailed(f"STARTTLS failed: {exc}") from None
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
@@ -209,6 +278,8 @@ class RelayTransaction:
         for attempt in (1, 2):
             try:
                 conn, pooled = await self.pool.acquire()
+            except UpstreamTLSFailed:
+                return relay_replies.UPSTREAM_TLS_FAILED
             except _TIMEOUT:
                 log.warning("upstream %s: timeout while connecting", self.pool.address)
                 return relay_replies.UPSTREAM_UNREACHABLE
