@@ -362,6 +362,17 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="offer SMTPUTF8, RFC 6531 (default off)",
     )
     parser.add_argument(
+        "--proxy-protocol",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read a PROXY header (HAProxy v1/v2) before greeting (default off)",
+    )
+    parser.add_argument(
+        "--proxy-networks",
+        metavar="NETS",
+        help="the balancers whose PROXY header is believed (default loopback)",
+    )
+    parser.add_argument(
         "--relay-tls",
         choices=("none", "may", "encrypt", "verify"),
         help="TLS with the upstream (default may: STARTTLS when offered)",

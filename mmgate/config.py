@@ -38,6 +38,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "max_connections": (int, "a number of sessions"),
         "max_connections_per_client": (int, "a number of sessions"),
         "smtputf8": (bool, "true or false: offer SMTPUTF8 (RFC 6531)"),
+        "proxy_protocol": (bool, "true or false: read a PROXY header (HAProxy) first"),
+        "proxy_networks": _STRINGS,
     },
     "lmtp": {
         "listen": (str, "HOST:PORT (an LMTP listener, RFC 2033)"),

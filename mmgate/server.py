@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from mmgate import runtime
+from mmgate import proxyheader, runtime
 from mmgate._version import __version__
 from mmgate.channel import TLS_HANDSHAKE, SMTPChannel
 from mmgate.hooks import HookChain
@@ -68,6 +68,9 @@ class Listener(Protocol):
 
     async def close(self, timeout: float | None = None) -> None: ...
 
+
+#: How long a balancer has to send the PROXY header after connecting.
+PROXY_HEADER_TIMEOUT = 10.0
 
 #: Servers constructed and not yet closed: what :func:`loop` serves.
 _registry: list[Listener] = []
@@ -140,15 +143,64 @@ class _Acceptor(asyncio.Protocol):
 
     The channel is built only once the socket and peer are known, so
     ``channel_class(server, conn, addr, ...)`` gets smtpd's real arguments.
+    On a PROXY-protocol listener the peer is the one the balancer's header
+    names: the header is read first (from a trusted balancer only, within
+    ``PROXY_HEADER_TIMEOUT``), and admission and the session see the real
+    client. A missing or malformed header closes the connection unanswered.
     """
 
-    def __init__(self, server: SMTPServer) -> None:
+    def __init__(self, server: SMTPServer, *, proxy: bool = False) -> None:
         self._server = server
+        self._proxy = proxy
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        server = self._server
+        self._transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
+        if not self._proxy:
+            self._admit(peer, b"")
+            return
+        if not in_networks(str(peer[0]), self._server.proxy_networks):
+            log.warning("%s: not a trusted balancer; closed (PROXY listener)", peer)
+            transport.abort()
+            return
+        self._timer = asyncio.get_running_loop().call_later(
+            PROXY_HEADER_TIMEOUT, self._give_up, "no PROXY header in time"
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        try:
+            proxied = proxyheader.parse(self._buf)
+        except proxyheader.HeaderError as exc:
+            self._give_up(str(exc))
+            return
+        if proxied is None or self._transport is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        rest = bytes(self._buf[proxied.length :])
+        self._buf = bytearray()
+        # LOCAL (a health check): the balancer's own connection
+        self._admit(proxied.client or self._transport.get_extra_info("peername"), rest)
+
+    def _give_up(self, why: str) -> None:
+        if self._transport is not None:
+            peer = self._transport.get_extra_info("peername")
+            log.warning("%s: %s; closed without a greeting", peer, why)
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+
+    def _admit(self, peer: Any, rest: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        server = self._server
         refusal = server._admission(peer)
         if refusal is not None:
             log.warning("%s: refused: %s", peer, refusal)
@@ -164,8 +216,11 @@ class _Acceptor(asyncio.Protocol):
             server.enable_SMTPUTF8,
             server._decode_data,
         )
+        self._transport = None
         transport.set_protocol(channel)
         channel.connection_made(transport)
+        if rest:  # the client's first bytes came with the header
+            channel.data_received(rest)
 
 
 class SMTPServer:
@@ -228,6 +283,8 @@ class SMTPServer:
         spool_memory: int = SPOOL_MEMORY,
         tls_context: ssl.SSLContext | None = None,
         tls_required_networks: Sequence[Network] = (),
+        proxy_protocol: bool = False,
+        proxy_networks: Sequence[Network] = LOOPBACK,
     ) -> None:
         if enable_SMTPUTF8 and decode_data:
             raise ValueError(
@@ -278,6 +335,10 @@ class SMTPServer:
         self.tls_context = tls_context
         #: clients that must use TLS before MAIL (530 5.7.0)
         self.tls_required_networks = tuple(tls_required_networks)
+        #: the main listener reads a PROXY header (v1 or v2) from the
+        #: balancers in proxy_networks, and takes no other connection
+        self.proxy_protocol = proxy_protocol
+        self.proxy_networks = tuple(proxy_networks)
         #: more listening sockets (an implicit-TLS one): socket, TLS context
         self._more: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self._more_servers: list[asyncio.Server] = []
@@ -490,8 +551,9 @@ class SMTPServer:
         if self._aserver is None:
             loop = asyncio.get_running_loop()
             # create_server listens again, with its own backlog of 100 unless told.
+            proxy = self.proxy_protocol
             self._aserver = await loop.create_server(
-                lambda: _Acceptor(self), sock=self._socket, backlog=self.backlog
+                lambda: _Acceptor(self, proxy=proxy), sock=self._socket, backlog=self.backlog
             )
             for sock, context in self._more:
                 self._more_servers.append(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mmgate import config
 from mmgate.config import STALE_AFTER, ConfigError
 from mmgate.networks import ALL_NETWORKS, LOOPBACK, Network
-from mmgate.relay.policy import RelayPolicy
+from mmgate.relay.policy import RelayConfigError, RelayPolicy, parse_networks
 from mmgate.relay.upstream import TLS_POLICIES, UpstreamTLS
 from mmgate.smtp.limits import (
     COMMAND_TIMEOUT,
@@ -78,10 +78,15 @@ class SessionSettings:
     #: RFC 6531 SMTPUTF8 offered (off by default, as in smtpd and Mailman's
     #: LMTP runner: an upstream without it could not take such mail)
     smtputf8: bool = False
+    #: read a PROXY header (v1 or v2) from the balancers in proxy_networks
+    proxy_protocol: bool = False
+    proxy_networks: tuple[Network, ...] = LOOPBACK
 
     def server_kwargs(self) -> dict[str, Any]:
         """The SMTPServer keyword arguments these settings are."""
         return {
+            "proxy_protocol": self.proxy_protocol,
+            "proxy_networks": self.proxy_networks,
             "fqdn": self.hostname,
             "data_size_limit": self.message_size,
             "idle_timeout": self.idle_timeout,
@@ -128,6 +133,24 @@ def _session(cfg: config.ConfigFile, args: argparse.Namespace) -> SessionSetting
     )
     if smtputf8 is not None:
         values["smtputf8"] = bool(smtputf8)
+    proxy, _ = config.pick(
+        cfg, "smtp", "proxy_protocol", getattr(args, "proxy_protocol", None), "", None
+    )
+    if proxy is not None:
+        values["proxy_protocol"] = bool(proxy)
+    networks, networks_where = config.pick(
+        cfg,
+        "smtp",
+        "proxy_networks",
+        getattr(args, "proxy_networks", None),
+        "--proxy-networks",
+        None,
+    )
+    if networks is not None:
+        try:
+            values["proxy_networks"] = parse_networks(networks, source=networks_where)
+        except RelayConfigError as exc:
+            raise ConfigError(str(exc)) from None
     return SessionSettings(**values)
 
 
@@ -280,6 +303,8 @@ class GatewaySettings:
                 "max_connections": session.max_connections,
                 "max_connections_per_client": session.max_connections_per_client,
                 "smtputf8": session.smtputf8,
+                "proxy_protocol": session.proxy_protocol,
+                "proxy_networks": [str(n) for n in session.proxy_networks],
                 "postmaster": self.postmaster,
             },
             "tls": {

@@ -35,7 +35,7 @@ from tests.postfix import Postfix, available
 from tests.upstream import free_port
 
 pytestmark = pytest.mark.skipif(
-    not available(), reason="needs Debian's postfix and root (tests/install_postfix.sh)"
+    not available(), reason="needs Debian's postfix and root (tests/install_packages.sh)"
 )
 
 REFRESH = 0.5

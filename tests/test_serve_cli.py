@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -527,3 +528,21 @@ def test_serve_offers_starttls_out_of_the_box_and_reloads_its_certificate_on_sig
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "settings reloaded" in err
+
+
+def test_serve_behind_a_balancer_reads_the_proxy_header_first(tmp_path: Path):
+    port = free_port()
+    proc = start_serve(tmp_path, port, free_port(), "--proxy-protocol", "--no-api", "--no-runners")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 5555 25\r\nQUIT\r\n")
+            with sock.makefile("rb") as replies:
+                assert replies.readline().startswith(b"220 ")
+                assert replies.readline().startswith(b"221 ")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"EHLO no-header.example\r\n")
+            with contextlib.suppress(ConnectionResetError):  # closed without a greeting
+                assert sock.recv(1024) == b""
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
