@@ -110,6 +110,7 @@ class SMTPChannel(asyncio.Protocol):
                 max_errors=server.max_bad_commands,
                 chunk_size=server.spool_threshold or None,
                 lmtp=self.lmtp,
+                dsn=server.offers_dsn,
             )
         )
         self._reserved = False  # this session's share of the memory budget

@@ -30,7 +30,15 @@ from mmgate.mailman.local import LocalMailman
 from mmgate.mailman.remote import DeliveryFailed
 from mmgate.mailman.routing import Route, RouteKind, Snapshot, classify
 from mmgate.postmaster import Mailbox
-from mmgate.proxy import PureProxy, RelaySteps, log_no_relay, refusal, size_of, with_head
+from mmgate.proxy import (
+    PureProxy,
+    RelaySteps,
+    dsn_params,
+    log_no_relay,
+    refusal,
+    size_of,
+    with_head,
+)
 from mmgate.relay import replies as relay_replies
 from mmgate.relay.policy import RelayPolicy
 from mmgate.relay.trace import new_id
@@ -83,7 +91,7 @@ class GatewaySteps:
             return None
         # The router applied relay control already: straight to the upstream.
         relay: RelayTransaction = ctx.txn["relay"]
-        return self._relay(ctx, relay, rcpt.address)
+        return self._relay(ctx, relay, rcpt.address, dsn_params(rcpt.options))
 
     def _postmaster(self, ctx: SMTPChannel, address: str) -> HookResult:
         """Postmaster mail goes to the configured address, routed as this
@@ -105,9 +113,9 @@ class GatewaySteps:
         return None
 
     async def _relay(
-        self, ctx: SMTPChannel, relay: RelayTransaction, address: str
+        self, ctx: SMTPChannel, relay: RelayTransaction, address: str, dsn: list[str] | None = None
     ) -> Outcome | None:
-        outcome = await RelaySteps.relay_recipient(relay, address)
+        outcome = await RelaySteps.relay_recipient(relay, address, dsn)
         if outcome is not None and outcome.reply is not None:
             self.server.record_refusal(ctx, address, "relay", outcome.reply)
         return outcome

@@ -51,6 +51,15 @@ def wire_form(data: bytes | str | Spooled, line_ending: str) -> bytes:
     return raw
 
 
+#: RFC 3461's parameters, passed upstream as the client gave them
+DSN_PARAMETERS = ("RET", "ENVID", "NOTIFY", "ORCPT")
+
+
+def dsn_params(options: list[str] | tuple[str, ...]) -> list[str]:
+    """The DSN parameters among MAIL's or RCPT's (smtpd's form: KEY=value)."""
+    return [o for o in options if o.partition("=")[0] in DSN_PARAMETERS]
+
+
 def log_no_relay(address: str) -> None:
     log.warning(
         "RCPT %s deferred (451 4.3.5): no relay is configured; set --relay HOST:PORT "
@@ -105,12 +114,14 @@ class RelaySteps:
             if reply is relay_replies.RELAY_NOT_CONFIGURED_YET:
                 log_no_relay(rcpt.address)
             return refusal(reply)
-        return self.relay_recipient(relay, rcpt.address)
+        return self.relay_recipient(relay, rcpt.address, dsn_params(rcpt.options))
 
     @staticmethod
-    async def relay_recipient(relay: RelayTransaction, address: str) -> Outcome | None:
+    async def relay_recipient(
+        relay: RelayTransaction, address: str, dsn: list[str] | None = None
+    ) -> Outcome | None:
         """The upstream's verdict on one recipient is the client's."""
-        reply = await relay.rcpt(address)
+        reply = await relay.rcpt(address, dsn)
         return None if reply.is_success else refusal(reply)
 
     def hook_reset(self, ctx: SMTPChannel) -> None:
@@ -123,6 +134,8 @@ class PureProxy(SMTPServer):
     """Relays everything it accepts to ``remoteaddr`` (smtpd's PureProxy)."""
 
     takes_spooled = True  # a large message goes upstream from its spool file
+    #: DSN parameters (RFC 3461) are taken and passed upstream (see docs/relay.md)
+    offers_dsn = True
     #: Add smtpd's ``X-Peer:`` header after the message's headers.
     add_x_peer = False
 
@@ -172,6 +185,7 @@ class PureProxy(SMTPServer):
             sender,
             body_8bit="BODY=8BITMIME" in (o.upper() for o in options),
             smtputf8=smtputf8,
+            dsn=dsn_params(options),
         )
 
     def trace_header(

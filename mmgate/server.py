@@ -250,6 +250,9 @@ class SMTPServer:
     #: For servers that stream it on (PureProxy, MailmanProxy); smtpd-style
     #: code gets the whole ``data`` it expects, read only when it is called.
     takes_spooled = False
+    #: Offer DSN (RFC 3461) and take its parameters: for servers that pass
+    #: them on (PureProxy); a plain server would have to send the DSNs itself.
+    offers_dsn = False
     #: Clients the per-client connection cap does not apply to, as Postfix
     #: exempts $mynetworks (loopback by default) from its anvil limits.
     per_client_exempt: tuple[Network, ...] = LOOPBACK

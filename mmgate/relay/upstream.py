@@ -249,11 +249,21 @@ class UpstreamPool:
 class RelayTransaction:
     """The upstream half of one client transaction."""
 
-    def __init__(self, pool: UpstreamPool, sender: str, *, body_8bit: bool, smtputf8: bool) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        sender: str,
+        *,
+        body_8bit: bool,
+        smtputf8: bool,
+        dsn: list[str] | None = None,
+    ) -> None:
         self.pool = pool
         self.sender = sender
         self.body_8bit = body_8bit
         self.smtputf8 = smtputf8
+        #: RET= and ENVID= (RFC 3461), passed on when the upstream offers DSN
+        self.dsn = dsn or []
         self.recipients: list[str] = []
         self._conn: Connection | None = None
         self._refused: Reply | None = None  # the upstream's verdict on MAIL
@@ -322,14 +332,17 @@ class RelayTransaction:
             args.append(b"BODY=8BITMIME")
         if self.smtputf8 and conn.supports("smtputf8"):
             args.append(b"SMTPUTF8")
+        if self.dsn and conn.supports("dsn"):
+            args += [p.encode("ascii") for p in self.dsn]
         response = await smtp.execute_command(b"MAIL", *args, timeout=self.pool.timeouts.mail)
         conn.dirty = response.code == 250
         return as_reply(response.code, response.message)
 
-    async def rcpt(self, address: str) -> Reply:
-        """Forward one RCPT; the reply is the upstream's verdict. A recipient
-        the upstream already took in this transaction is not sent again, so
-        the message reaches it once."""
+    async def rcpt(self, address: str, dsn: list[str] | None = None) -> Reply:
+        """Forward one RCPT (with its NOTIFY= and ORCPT=, RFC 3461, when the
+        upstream offers DSN); the reply is the upstream's verdict. A
+        recipient the upstream already took in this transaction is not sent
+        again, so the message reaches it once."""
         if _same_mailbox(address) in {_same_mailbox(r) for r in self.recipients}:
             return replies.RECIPIENT_OK
         failure = await self.open()
@@ -340,9 +353,11 @@ class RelayTransaction:
         if not address.isascii() and not conn.supports("smtputf8"):
             return relay_replies.NEEDS_SMTPUTF8_ADDRESS
         try:
+            params = [p.encode("ascii") for p in dsn or []] if conn.supports("dsn") else []
             response: SMTPResponse = await conn.smtp.execute_command(
                 b"RCPT",
                 b"TO:<" + address.encode("utf-8") + b">",
+                *params,
                 timeout=self.pool.timeouts.rcpt,
             )
         except (*_TIMEOUT, aiosmtplib.SMTPException, *_LOST) as exc:

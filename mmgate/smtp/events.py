@@ -46,6 +46,8 @@ class MailFrom:
     smtputf8: bool = False  #: RFC 6531: the client asked for SMTPUTF8
     body: str | None = None  #: RFC 6152: 7BIT or 8BITMIME
     size: int | None = None  #: RFC 1870: the declared size
+    ret: str | None = None  #: RFC 3461 4.3: FULL or HDRS
+    envid: str | None = None  #: RFC 3461 4.4: the envelope id, as xtext
 
 
 @dataclass(slots=True)
@@ -55,6 +57,9 @@ class RcptTo:
     address: str
     params: dict[str, str | None] = field(default_factory=dict)
     options: tuple[str, ...] = ()
+    #: RFC 3461 4.1: NEVER, or some of SUCCESS, FAILURE, DELAY
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None  #: RFC 3461 4.2: addr-type;xtext, as given
 
 
 @dataclass(slots=True)

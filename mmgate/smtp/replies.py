@@ -166,3 +166,8 @@ NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8
 BARE_LINE_ENDING = Reply(550, "5.6.0", "Error: bare CR or LF in message text (RFC 5321 2.3.8)")
 MAIL_PARAMS_UNKNOWN = Reply(555, "5.5.4", "MAIL FROM parameters not recognized or not implemented")
 RCPT_PARAMS_UNKNOWN = Reply(555, "5.5.4", "RCPT TO parameters not recognized or not implemented")
+#: RFC 3461: DSN parameters out of their syntax
+BAD_RET = Reply(501, "5.5.4", "Error: RET takes FULL or HDRS")
+BAD_ENVID = Reply(501, "5.5.4", "Error: ENVID must be xtext of at most 100 characters")
+BAD_NOTIFY = Reply(501, "5.5.4", "Error: NOTIFY takes NEVER, or SUCCESS, FAILURE, DELAY")
+BAD_ORCPT = Reply(501, "5.5.4", "Error: ORCPT takes addr-type;xtext")

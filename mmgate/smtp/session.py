@@ -20,10 +20,11 @@ clock or a thread, so the whole protocol is testable without any.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from mmgate.smtp import paths, replies, state
+from mmgate.smtp import paths, replies, state, xtext
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import (
     Command,
@@ -81,6 +82,31 @@ def _options(text: str) -> tuple[str, ...]:
     return tuple(words)
 
 
+_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def _notify(value: str | None) -> tuple[str, ...] | None:
+    """RFC 3461 4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY."""
+    if value is None:
+        return None
+    words = tuple(w.upper() for w in value.split(","))
+    if words == ("NEVER",) or (words and set(words) <= _NOTIFY and len(set(words)) == len(words)):
+        return words
+    raise ProtocolError(replies.BAD_NOTIFY)
+
+
+def _is_orcpt(value: str) -> bool:
+    """RFC 3461 4.2: ``addr-type ";" xtext``, at most 500 characters."""
+    kind, semicolon, address = value.partition(";")
+    return (
+        bool(semicolon and address)
+        and len(value) <= 500
+        and _ADDR_TYPE.fullmatch(kind) is not None
+        and xtext.is_xtext(address)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     """What the server offers; fixed for a session."""
@@ -100,6 +126,9 @@ class SessionConfig:
     #: RFC 2033 LMTP: LHLO instead of HELO and EHLO (which are unknown
     #: commands), and one reply per accepted recipient after the message
     lmtp: bool = False
+    #: RFC 3461 DSN offered: NOTIFY, ORCPT, RET and ENVID are taken (for a
+    #: server that passes them on: the relay)
+    dsn: bool = False
 
 
 class Session:
@@ -151,6 +180,8 @@ class Session:
             keywords.append("8BITMIME")
         if self.config.smtputf8:
             keywords.append("SMTPUTF8")
+        if self.config.dsn:
+            keywords.append("DSN")
         keywords += ["PIPELINING", "ENHANCEDSTATUSCODES", "HELP"]
         return keywords
 
@@ -264,6 +295,16 @@ class Session:
             limit = self.limits.message_size
             if limit and size > limit:
                 raise ProtocolError(replies.SIZE_EXCEEDED)
+        ret = envid = None
+        if self.config.dsn:
+            ret = rest.pop("RET", None)
+            if ret is not None:
+                ret = ret.upper()
+                if ret not in ("FULL", "HDRS"):
+                    raise ProtocolError(replies.BAD_RET)
+            envid = rest.pop("ENVID", None)
+            if envid is not None and not (len(envid) <= 100 and xtext.is_xtext(envid)):
+                raise ProtocolError(replies.BAD_ENVID)
         if rest:
             raise ProtocolError(replies.MAIL_PARAMS_UNKNOWN)
         address = paths.check_mailbox(path, syntax, smtputf8=smtputf8, null_ok=True)
@@ -274,12 +315,21 @@ class Session:
             smtputf8,
             body.upper() if body is not None else None,
             size,
+            ret,
+            envid,
         )
 
     def rcpt(self, arg: str | None) -> RcptTo:
         syntax = replies.SYNTAX_RCPT_EXT if self.extended_smtp else replies.SYNTAX_RCPT
         path, text, params = self._path_and_params("TO:", arg, syntax)
-        if params:
+        rest = dict(params)
+        notify = orcpt = None
+        if self.config.dsn:
+            notify = _notify(rest.pop("NOTIFY", None))
+            orcpt = rest.pop("ORCPT", None)
+            if orcpt is not None and not _is_orcpt(orcpt):
+                raise ProtocolError(replies.BAD_ORCPT)
+        if rest:
             raise ProtocolError(replies.RCPT_PARAMS_UNKNOWN)
         address = paths.check_mailbox(
             path, syntax, smtputf8=self.require_SMTPUTF8, postmaster_ok=True
@@ -287,7 +337,7 @@ class Session:
         # RFC 5321 4.5.3.1.10: "452 Too many recipients" once the cap is reached.
         if len(self.rcpttos) >= self.limits.recipients:
             raise ProtocolError(replies.TOO_MANY_RECIPIENTS)
-        return RcptTo(address, params, _options(text))
+        return RcptTo(address, params, _options(text), notify, orcpt)
 
     def data(self, arg: str | None) -> DataRequest:
         if arg:

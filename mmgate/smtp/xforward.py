@@ -13,8 +13,8 @@ server trusts (its relay networks) are offered it and may use it.
 from __future__ import annotations
 
 import ipaddress
-import re
 
+from mmgate.smtp import xtext
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.replies import Reply
 
@@ -27,17 +27,6 @@ SYNTAX = Reply(501, "5.5.4", "Syntax: XFORWARD attribute=value...")
 NOT_AUTHORIZED = Reply(550, "5.7.0", "Error: insufficient authorization")
 IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
 BAD_ADDRESS = Reply(501, "5.5.4", "Bad XFORWARD ADDR: not an IP address")
-
-_XTEXT_CHAR = re.compile(r"\+([0-9A-F]{2})")
-
-
-def xtext_decode(text: str) -> str:
-    """RFC 3461 4: ``+XX`` is the octet XX; the rest is itself."""
-    if any(c <= " " or c > "~" or c == "=" for c in text):
-        raise ProtocolError(SYNTAX)
-    if "+" in _XTEXT_CHAR.sub("", text):
-        raise ProtocolError(SYNTAX)  # a "+" not followed by two upper-case hex digits
-    return _XTEXT_CHAR.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
 def parse(arg: str | None) -> dict[str, str | None]:
@@ -54,7 +43,10 @@ def parse(arg: str | None) -> dict[str, str | None]:
         if raw in UNKNOWN_VALUES:
             out[name] = None
             continue
-        value = xtext_decode(raw)
+        try:
+            value = xtext.decode(raw)
+        except ValueError:
+            raise ProtocolError(SYNTAX) from None
         if name == "ADDR":
             if value.upper().startswith("IPV6:"):
                 value = value[5:]
