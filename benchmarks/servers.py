@@ -14,11 +14,13 @@ listening; on SIGTERM prints ``COUNT n`` (messages a sink took) and exits.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import ssl
 import sys
 from typing import Any
 
-from mmgate import PureProxy, SMTPServer, runtime
+from mmgate import PureProxy, SMTPServer, runtime, tls
 
 HOSTNAME = "bench.example"
 
@@ -102,15 +104,30 @@ class AiosmtpdCountingSink:
         return "250 OK"
 
 
+def tls_context() -> ssl.SSLContext | None:
+    """STARTTLS with the certificate in MMGATE_BENCH_TLS (``CERT:KEY``), for
+    benchmarks/tls.py; none otherwise."""
+    pair = os.environ.get("MMGATE_BENCH_TLS")
+    if not pair:
+        return None
+    cert, key = pair.split(":")
+    return tls.server_context(cert, key)
+
+
 async def serve(kind: str, port: int, upstream: int | None) -> None:
     loop = asyncio.get_running_loop()
     counter: Any = None
+    context = tls_context()
     if kind == "mmgate-sink":
-        counter = MmgateSink(("127.0.0.1", port), None, fqdn=HOSTNAME, max_connections=10000)
+        counter = MmgateSink(
+            ("127.0.0.1", port), None, fqdn=HOSTNAME, max_connections=10000, tls_context=context
+        )
         await counter.start()
     elif kind in ("smtpd-sink", "smtpd-thread-sink"):
         cls = SmtpdSink if kind == "smtpd-sink" else SmtpdThreadSink
-        counter = cls(("127.0.0.1", port), None, fqdn=HOSTNAME, max_connections=10000)
+        counter = cls(
+            ("127.0.0.1", port), None, fqdn=HOSTNAME, max_connections=10000, tls_context=context
+        )
         await counter.start()
     elif kind == "ceiling-sink":
         counter = CeilingSink
@@ -130,7 +147,10 @@ async def serve(kind: str, port: int, upstream: int | None) -> None:
             assert upstream is not None
             handler = Proxy("127.0.0.1", upstream)
         await loop.create_server(
-            lambda: SMTP(handler, hostname=HOSTNAME), "127.0.0.1", port, backlog=1024
+            lambda: SMTP(handler, hostname=HOSTNAME, tls_context=context),
+            "127.0.0.1",
+            port,
+            backlog=1024,
         )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -1,0 +1,158 @@
+"""Benchmark over TLS: mmgate against aiosmtpd, both with STARTTLS, in the same run.
+
+    python -m benchmarks.tls [--quick]
+
+Each server runs alone in a child process (benchmarks/servers.py) with the
+same certificate (RSA 2048, self-signed, made for the run), as shipped:
+mmgate's smtpd-style sink on uvloop, aiosmtpd's sink on asyncio. The load
+is a Python client in its own process (uvloop, TLS in C), pinned to another
+CPU than the server:
+
+* messages/s: 1 KiB messages, 16 connections at once, each connection a
+  new TLS session (connect, EHLO, STARTTLS, EHLO, one message, QUIT), as
+  MX traffic mostly is;
+* MB/s: 10 MiB messages, 4 connections, one TLS session each.
+
+Goal: mmgate at least 2x aiosmtpd on both. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.engine import Server
+from mmgate import tls
+
+SERVER_CPU, CLIENT_CPU = 0, 1
+SMALL = b"From: a@example.org\r\nSubject: bench\r\n\r\n" + (b"x" * 62 + b"\r\n") * 16
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("closed")
+        if line[3:4] != b"-":
+            return line
+
+
+async def _session(port: int, context: ssl.SSLContext, messages: int, body: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await _reply(reader)
+    writer.write(b"EHLO client.example\r\n")
+    await _reply(reader)
+    writer.write(b"STARTTLS\r\n")
+    assert (await _reply(reader)).startswith(b"220")
+    await writer.start_tls(context, server_hostname="bench.example")
+    writer.write(b"EHLO client.example\r\n")
+    await _reply(reader)
+    for _ in range(messages):
+        writer.write(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        for _ in range(3):
+            await _reply(reader)
+        writer.write(body + b".\r\n")
+        answer = await _reply(reader)
+        assert answer.startswith(b"250"), answer
+    writer.write(b"QUIT\r\n")
+    await _reply(reader)
+    writer.close()
+
+
+async def _load(port: int, mode: str, total: int) -> float:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    started = time.perf_counter()
+    if mode == "small":  # 16 at once, a new TLS session per message
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(total):
+            queue.put_nowait(n)
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                await _session(port, context, 1, SMALL)
+
+        await asyncio.gather(*(worker() for _ in range(16)))
+    else:  # 4 sessions of 10 MiB messages
+        line = b"y" * 998 + b"\r\n"  # RFC 5321's longest text line
+        body = b"Subject: big\r\n\r\n" + line * (10 * 2**20 // len(line))
+        await asyncio.gather(*(_session(port, context, total // 4, body) for _ in range(4)))
+    return time.perf_counter() - started
+
+
+def client_main() -> None:
+    """The load, in its own process: prints the seconds it took."""
+    port, mode, total = int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    import uvloop
+
+    print(json.dumps(uvloop.run(_load(port, mode, total))))
+
+
+def measure(port: int, mode: str, total: int) -> float:
+    """Messages per second, or MB per second."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tls", "--client", str(port), mode, str(total)],
+        capture_output=True,
+        text=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {CLIENT_CPU})) if os.cpu_count() != 1 else None,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"the client failed: {out.stderr.strip().splitlines()[-1:]}")
+    seconds = float(out.stdout.strip())
+    if mode == "small":
+        return total / seconds
+    return total * 10 * 2**20 / 1e6 / seconds
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv
+    small, large, repeat = (400, 8, 2) if quick else (3000, 40, 3)
+    directory = Path(tempfile.mkdtemp(prefix="mmgate-tls-bench-"))
+    cert, key = tls.ensure_self_signed(directory, "bench.example")
+    os.environ["MMGATE_BENCH_TLS"] = f"{cert}:{key}"
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, "
+        f"client on CPU {CLIENT_CPU}; RSA 2048; 1 KiB: {small} messages, 16 at once, a TLS "
+        f"session each; 10 MiB: {large} messages over 4 sessions; best of {repeat}"
+    )
+    results: dict[str, dict[str, float]] = {}
+    for label, kind, loop in (
+        ("mmgate smtpd-style sink", "smtpd-sink", "uvloop"),
+        ("aiosmtpd sink", "aiosmtpd-sink", "asyncio"),
+    ):
+        server = Server(kind, loop)
+        try:
+            if (os.cpu_count() or 1) > 1:
+                os.sched_setaffinity(server.pid, {SERVER_CPU})
+            measure(server.port, "small", 64)  # warm up
+            results[label] = {
+                "small": max(measure(server.port, "small", small) for _ in range(repeat)),
+                "large": max(measure(server.port, "large", large) for _ in range(repeat)),
+            }
+        finally:
+            server.stop()
+    ours, peer = results["mmgate smtpd-style sink"], results["aiosmtpd sink"]
+    print(f"{'':<28}{'msgs/s, TLS per message':>26}{'MB/s, 10 MiB':>16}")
+    for label, r in results.items():
+        print(f"{label:<28}{r['small']:>26.0f}{r['large']:>16.1f}")
+    print(
+        f"mmgate/aiosmtpd: {ours['small'] / peer['small']:.2f}x messages/s, "
+        f"{ours['large'] / peer['large']:.2f}x MB/s (goal: 2x on both)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--client"]:
+        client_main()
+    else:
+        sys.exit(main())
