@@ -27,7 +27,7 @@ from mmgate.hooks import HookResult, Message, Outcome, header_fields
 from mmgate.smtp import replies, xforward
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
-from mmgate.smtp.framing import MessageChunk, MessageData
+from mmgate.smtp.framing import ChunkReceived, ChunkSkipped, MessageChunk, MessageData
 from mmgate.smtp.limits import DATA_SIZE_DEFAULT, Limits
 from mmgate.smtp.replies import Reply
 from mmgate.smtp.session import Session, SessionConfig, printable
@@ -111,6 +111,7 @@ class SMTPChannel(asyncio.Protocol):
                 chunk_size=server.spool_threshold or None,
                 lmtp=self.lmtp,
                 dsn=server.offers_dsn,
+                chunking=server.offers_chunking,
             )
         )
         self._reserved = False  # this session's share of the memory budget
@@ -317,6 +318,10 @@ class SMTPChannel(asyncio.Protocol):
                     self._on_command(event)
                 elif isinstance(event, MessageChunk):
                     self._spool_chunk(event.data)
+                elif isinstance(event, ChunkReceived):
+                    self.push(replies.OK.with_text(f"{event.size} octets received"))
+                elif isinstance(event, ChunkSkipped):
+                    pass  # a refused BDAT's octets: its reply is out already
                 else:
                     self._on_message(event)
             if session.closing and not self._closing:
@@ -338,11 +343,12 @@ class SMTPChannel(asyncio.Protocol):
                 )
             )
             return
-        try:
-            self.session.check_sequence(verb)
-        except ProtocolError as exc:
-            self.push(exc.reply)
-            return
+        if verb != "BDAT":  # (a refused BDAT's octets must be skipped: smtp_BDAT checks)
+            try:
+                self.session.check_sequence(verb)
+            except ProtocolError as exc:
+                self.push(exc.reply)
+                return
         method(command.arg)
 
     def _parse(self, parse: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
@@ -456,8 +462,13 @@ class SMTPChannel(asyncio.Protocol):
             self._end_transaction(event.error)
             return
         source: bytes | Spooled = event.data
-        if event.chunked:
+        server = self.smtp_server
+        # A BDAT message is raw (bare CR or LF, binary): a server that puts
+        # it back on the wire gets it as it came, never through smtpd's form.
+        if event.chunked or (event.raw and server.takes_spooled):
             spool, self._spool = self._spool, None
+            if spool is None and not event.chunked:
+                spool = SpoolFile(server.spool_dir, server.spool_memory)
             try:
                 if spool is None or self._spool_failed:
                     raise OSError("the spool could not be written")
@@ -469,7 +480,6 @@ class SMTPChannel(asyncio.Protocol):
                 self._end_transaction(replies.INSUFFICIENT_STORAGE)
                 return
             source = Spooled(b"", spool)
-        server = self.smtp_server
         # The flags and size only: holding the data would keep every
         # connection's last message in memory until its next one.
         self.last_message = dataclasses.replace(event, data=b"")
@@ -501,8 +511,9 @@ class SMTPChannel(asyncio.Protocol):
         else:
             raw = source
         if self.smtp_server.data_line_ending == "\n":
-            # smtpd's form: LF line endings, without the final one.
-            raw = raw[:-2].replace(b"\r\n", b"\n")
+            # smtpd's form: LF line endings, without the final one (a BDAT
+            # message may have none)
+            raw = (raw[:-2] if raw.endswith(b"\r\n") else raw).replace(b"\r\n", b"\n")
         data = raw.decode("utf-8", "surrogateescape") if self._decode_data else raw
         self.received_data = data
         return data
@@ -693,6 +704,8 @@ class SMTPChannel(asyncio.Protocol):
         self.transaction_ended()
         self.received_data = ""
         self.session.greet(hello)
+        self._drop_message()
+        self._data_since = None
 
     def smtp_NOOP(self, arg: str | None) -> None:
         if self._parse(self.session.noop, arg) is not None:
@@ -707,6 +720,8 @@ class SMTPChannel(asyncio.Protocol):
             self.transaction_ended()
             self.received_data = ""
             self.session.reset()
+            self._drop_message()  # BDAT chunks so far, their spool and budget
+            self._data_since = None
             self.push(replies.RESET_OK)
 
     def smtp_HELP(self, arg: str | None) -> None:
@@ -770,6 +785,39 @@ class SMTPChannel(asyncio.Protocol):
             return
         self.session.add_recipient(rcpt)
         self.push((outcome and outcome.reply) or replies.RECIPIENT_OK)
+
+    def smtp_BDAT(self, arg: str | None) -> None:
+        """RFC 3030: a chunk of the message, of the size given, raw."""
+        if not self.session.config.chunking:
+            self.push(
+                replies.UNKNOWN_COMMAND.with_text(replies.UNKNOWN_COMMAND.text.format("BDAT"))
+            )
+            return
+        try:
+            bdat = self.session.bdat(arg)
+        except ProtocolError as exc:
+            # the octets that follow cannot be framed: say why, and end here
+            self.push(exc.reply)
+            self.session.close(replies.TOO_MANY_ERRORS.with_text("Cannot frame BDAT, closing"))
+            return
+        refusal = self.session.chunk_refusal()
+        first = self.session.phase is not Phase.CHUNKS
+        if refusal is None and first:
+            refusal = self.smtp_server.data_refusal(self)
+            if refusal is None and not self._reserved:
+                if self.smtp_server._reserve_message():
+                    self._reserved = True
+                else:
+                    log.warning("%s: BDAT refused: the memory budget is spent", self._peer_text)
+                    refusal = replies.INSUFFICIENT_STORAGE
+        if refusal is not None:
+            self.push(refusal)
+            self.session.framer.start_chunk(bdat.size, bdat.last, keep=False)
+            return
+        if first:
+            self._data_since = self._last_activity
+            self._data_octets = self.session.framer.buffered
+        self.session.start_chunk(bdat)
 
     def smtp_DATA(self, arg: str | None) -> None:
         if self._parse(self.session.data, arg) is None:

@@ -186,6 +186,7 @@ class PureProxy(SMTPServer):
             body_8bit="BODY=8BITMIME" in (o.upper() for o in options),
             smtputf8=smtputf8,
             dsn=dsn_params(options),
+            binary="BODY=BINARYMIME" in (o.upper() for o in options),
         )
 
     def trace_header(

@@ -253,6 +253,8 @@ class SMTPServer:
     #: Offer DSN (RFC 3461) and take its parameters: for servers that pass
     #: them on (PureProxy); a plain server would have to send the DSNs itself.
     offers_dsn = False
+    #: Offer CHUNKING (BDAT) and BINARYMIME, RFC 3030
+    offers_chunking = True
     #: Clients the per-client connection cap does not apply to, as Postfix
     #: exempts $mynetworks (loopback by default) from its anvil limits.
     per_client_exempt: tuple[Network, ...] = LOOPBACK

@@ -110,7 +110,7 @@ def test_message_text_follows_the_state_table_and_holds_later_commands():
     [
         ("MAIL FROM:<a@example.com> SIZE=\u00b2", replies.BAD_SIZE),  # a Unicode digit
         ("MAIL FROM:<a@example.com> SIZE=99999999999", replies.SIZE_EXCEEDED),
-        ("MAIL FROM:<a@example.com> BODY=9BIT", replies.BAD_BODY),
+        ("MAIL FROM:<a@example.com> BODY=9BIT", replies.BAD_BODY_BINARY),
         ("MAIL FROM:<a@example.com> FOO=1", replies.MAIL_PARAMS_UNKNOWN),
         ("MAIL FROM:a@example.com>", replies.SYNTAX_MAIL_EXT),
         ("RCPT TO:<b@example.org>", replies.NEED_MAIL),

@@ -46,6 +46,8 @@ def test_ehlo_lists_the_extensions(client):
     assert text.split("\n")[1:] == [
         "SIZE 33554432",
         "8BITMIME",
+        "CHUNKING",
+        "BINARYMIME",
         "PIPELINING",
         "ENHANCEDSTATUSCODES",
         "HELP",

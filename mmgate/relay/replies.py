@@ -33,3 +33,6 @@ NEEDS_SMTPUTF8_HEADERS = Reply(554, "5.6.7", "Non-ASCII headers but the upstream
 #: RFC 3463 X.7.5 "Cryptographic failure": TLS with the upstream was
 #: required (policy encrypt or verify) and failed; temporary, as Postfix.
 UPSTREAM_TLS_FAILED = Reply(451, "4.7.5", "TLS with the upstream failed, try again later")
+#: RFC 3030 3 / RFC 3463 X.6.3: a BINARYMIME message cannot go to an
+#: upstream without BINARYMIME (mmgate does not convert it).
+NEEDS_BINARYMIME = Reply(554, "5.6.3", "BINARYMIME message but the upstream does not accept it")

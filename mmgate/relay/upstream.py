@@ -17,10 +17,12 @@ before anything of the message was sent, and a fresh connection is tried.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -257,6 +259,7 @@ class RelayTransaction:
         body_8bit: bool,
         smtputf8: bool,
         dsn: list[str] | None = None,
+        binary: bool = False,
     ) -> None:
         self.pool = pool
         self.sender = sender
@@ -264,6 +267,8 @@ class RelayTransaction:
         self.smtputf8 = smtputf8
         #: RET= and ENVID= (RFC 3461), passed on when the upstream offers DSN
         self.dsn = dsn or []
+        #: BODY=BINARYMIME (RFC 3030): only to an upstream with BINARYMIME
+        self.binary = binary
         self.recipients: list[str] = []
         self._conn: Connection | None = None
         self._refused: Reply | None = None  # the upstream's verdict on MAIL
@@ -328,7 +333,11 @@ class RelayTransaction:
         if self.smtputf8 and not conn.supports("smtputf8") and not self.sender.isascii():
             return relay_replies.NEEDS_SMTPUTF8_ADDRESS
         args = [b"FROM:<" + self.sender.encode("utf-8") + b">"]
-        if self.body_8bit and conn.supports("8bitmime"):
+        if self.binary:
+            if not (conn.supports("binarymime") and conn.supports("chunking")):
+                return relay_replies.NEEDS_BINARYMIME
+            args.append(b"BODY=BINARYMIME")
+        elif self.body_8bit and conn.supports("8bitmime"):
             args.append(b"BODY=8BITMIME")
         if self.smtputf8 and conn.supports("smtputf8"):
             args.append(b"SMTPUTF8")
@@ -391,7 +400,9 @@ class RelayTransaction:
             if not head.isascii():
                 return relay_replies.NEEDS_SMTPUTF8_HEADERS
         try:
-            if isinstance(message, Spooled):
+            if conn.supports("chunking"):
+                response = await self._bdat(conn, message)
+            elif isinstance(message, Spooled):
                 response = await self._stream(conn, message)
             else:
                 response = await conn.smtp.data(message, timeout=self.pool.timeouts.data_end)
@@ -410,10 +421,21 @@ class RelayTransaction:
         start = await smtp.execute_command(b"DATA", timeout=self.pool.timeouts.mail)
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
-        protocol = smtp.protocol
+        return await self._send(conn, message.stuffed())
+
+    async def _bdat(self, conn: Connection, message: bytes | Spooled) -> SMTPResponse:
+        """The message as one BDAT LAST chunk (RFC 3030), raw: no
+        dot-stuffing, the octets exactly as they are; a spooled one streamed."""
+        size = message.size if isinstance(message, Spooled) else len(message)
+        blocks = message.blocks() if isinstance(message, Spooled) else iter((message,))
+        return await self._send(conn, itertools.chain((b"BDAT %d LAST\r\n" % size,), blocks))
+
+    async def _send(self, conn: Connection, blocks: Iterator[bytes]) -> SMTPResponse:
+        """Write ``blocks`` no faster than the upstream reads, then its reply."""
+        protocol = conn.smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        for block in message.stuffed():
+        for block in blocks:
             protocol.write(block)
             transport = protocol.transport
             while (

@@ -105,6 +105,15 @@ class Quit:
 
 
 @dataclass(slots=True)
+class Bdat:
+    """BDAT (RFC 3030 2): ``size`` octets of the message follow; ``last``
+    ends it."""
+
+    size: int
+    last: bool
+
+
+@dataclass(slots=True)
 class StartTLS:
     """STARTTLS (RFC 3207): the transport answers 220 and starts TLS."""
 
@@ -129,5 +138,6 @@ Event = (
     | Noop
     | Quit
     | StartTLS
+    | Bdat
     | Unknown
 )

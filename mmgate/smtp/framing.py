@@ -1,4 +1,5 @@
-"""Line framing for SMTP: command lines, and message text after DATA.
+"""Line framing for SMTP: command lines, message text after DATA, and
+BDAT chunks (RFC 3030).
 
 Why it looks the way it does:
 
@@ -78,6 +79,8 @@ class MessageData:
     #: the message's beginning came before, as MessageChunk events; ``data``
     #: is its last part and ``size`` the whole message's
     chunked: bool = False
+    #: it came in BDAT chunks (RFC 3030): raw octets, line endings untouched
+    raw: bool = False
 
 
 @dataclass(slots=True)
@@ -88,14 +91,30 @@ class MessageChunk:
     data: bytes
 
 
+@dataclass(slots=True)
+class ChunkReceived:
+    """A BDAT chunk that is not the LAST was read whole (RFC 3030 2)."""
+
+    size: int
+
+
+@dataclass(slots=True)
+class ChunkSkipped:
+    """The octets of a refused BDAT chunk were read and dropped."""
+
+    size: int
+
+
 #: (Not frozen, for the cost of building them per line; see smtp/events.py.)
-Event = CommandLine | LineTooLong | MessageChunk | MessageData
+Event = CommandLine | LineTooLong | MessageChunk | MessageData | ChunkReceived | ChunkSkipped
 
 
 class _Mode(Enum):
     COMMAND = "command"  #: reading command lines
     DATA = "data"  #: reading message text up to CRLF.CRLF
     DRAIN = "drain"  #: the message is refused; dropping it up to CRLF.CRLF
+    CHUNK = "chunk"  #: reading the octets of a BDAT chunk (RFC 3030)
+    SKIP = "skip"  #: dropping the octets of a refused BDAT chunk
 
 
 class Framer:
@@ -109,6 +128,8 @@ class Framer:
 
     __slots__ = (
         "_bare",
+        "_bdat",
+        "_bdat_error",
         "_buf",
         "_check",
         "_chunk_size",
@@ -116,13 +137,16 @@ class Framer:
         "_emitted",
         "_error",
         "_frame_limit",
+        "_last",
         "_limits",
         "_long",
         "_mode",
         "_overlong",
         "_policy",
+        "_remaining",
         "_scan",
         "_size",
+        "_skipping",
     )
 
     def __init__(
@@ -146,6 +170,11 @@ class Framer:
         self._long = False
         self._size = 0  # message bytes dropped while draining
         self._error: Reply | None = None
+        self._bdat: bytearray | None = None  # a BDAT message being read (None: none)
+        self._bdat_error: Reply | None = None  # it is refused; its octets are dropped
+        self._remaining = 0  # octets of the current chunk still to come
+        self._last = False  # the current chunk is the LAST
+        self._skipping = 0  # the size of the chunk being dropped
 
     @property
     def limits(self) -> Limits:
@@ -187,7 +216,82 @@ class Framer:
     def next_event(self) -> Event | None:
         if self._mode is _Mode.COMMAND:
             return self._next_line()
+        if self._mode is _Mode.CHUNK or self._mode is _Mode.SKIP:
+            return self._next_chunk()
         return self._next_message()
+
+    # -- BDAT chunks (RFC 3030) ------------------------------------------
+    def start_chunk(self, size: int, last: bool, *, keep: bool = True) -> None:
+        """After a BDAT command line: its ``size`` octets come next, raw
+        (no dot-stuffing, no end marker). ``keep=False``: the BDAT was
+        refused; the octets are read and dropped all the same, so that none
+        of them is ever taken for a command."""
+        self._remaining = size
+        if not keep:
+            self._mode = _Mode.SKIP
+            self._skipping = size
+            return
+        if self._bdat is None:  # the message's first chunk
+            self._bdat = bytearray()
+            self._bdat_error = None
+            self._consumed = self._emitted = 0
+        self._mode = _Mode.CHUNK
+        self._last = last
+
+    def abort_chunks(self) -> None:
+        """Forget a BDAT message (RSET, or its transaction ended)."""
+        self._bdat = None
+        self._bdat_error = None
+        self._consumed = self._emitted = 0
+
+    @property
+    def in_chunks(self) -> bool:
+        """A BDAT message has begun and not ended."""
+        return self._bdat is not None
+
+    def _next_chunk(self) -> Event | None:
+        buf = self._buf
+        take = min(len(buf), self._remaining)
+        if self._mode is _Mode.SKIP:
+            del buf[:take]
+            self._remaining -= take
+            if self._remaining:
+                return None
+            self._mode = _Mode.COMMAND
+            return ChunkSkipped(self._skipping)
+        message = self._bdat
+        assert message is not None
+        if self._bdat_error is None:
+            message += memoryview(buf)[:take]
+            limit = self._limits.message_size
+            if limit and self._consumed + len(message) > limit:
+                self._bdat_error = replies.TOO_MUCH_DATA
+        if self._bdat_error is not None:  # refused: counted, not kept
+            self._consumed += len(message) if message else take
+            message.clear()
+        del buf[:take]
+        self._remaining -= take
+        if self._chunk_size and len(message) > self._chunk_size and self._bdat_error is None:
+            data = bytes(message)
+            message.clear()
+            self._consumed += len(data)
+            self._emitted += len(data)
+            return MessageChunk(data)
+        if self._remaining:
+            return None
+        self._mode = _Mode.COMMAND
+        if not self._last:
+            return ChunkReceived(self._consumed + len(message))
+        data = bytes(message) if self._bdat_error is None else b""
+        event = MessageData(
+            data,
+            self._consumed + len(data),
+            self._bdat_error,
+            chunked=self._emitted > 0,
+            raw=True,
+        )
+        self.abort_chunks()
+        return event
 
     # -- command lines ---------------------------------------------------
     def _next_line(self) -> Event | None:

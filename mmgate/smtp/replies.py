@@ -143,6 +143,7 @@ SYNTAX_RCPT_EXT = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-para
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Error: bad recipient address syntax")
 DOMAIN_TOO_LONG = Reply(501, "5.1.3", "Error: domain too long (RFC 5321 4.5.3.1.2)")
 BAD_BODY = Reply(501, "5.5.4", "Error: BODY can only be one of 7BIT, 8BITMIME")
+BAD_BODY_BINARY = Reply(501, "5.5.4", "Error: BODY can only be one of 7BIT, 8BITMIME, BINARYMIME")
 BAD_SIZE = Reply(501, "5.5.4", "Error: SIZE takes a number of octets")
 HELP_UNKNOWN = Reply(
     501, "5.5.4", "Supported commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY"
@@ -152,6 +153,10 @@ VRFY_CANNOT = Reply(502, "5.5.1", "Could not VRFY {}")
 SEND_HELO_FIRST = Reply(503, "5.5.1", "Error: send HELO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
 TRANSACTION_IN_PROGRESS = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+#: RFC 3030: what BDAT needs, and what it rules out
+CHUNKS_IN_PROGRESS = Reply(503, "5.5.1", "Error: BDAT in progress (RSET to abandon it)")
+SYNTAX_BDAT = Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
+BINARYMIME_NEEDS_BDAT = Reply(503, "5.5.1", "Error: BODY=BINARYMIME needs BDAT, not DATA")
 #: RFC 3207 4: the reply that starts TLS, and its refusals
 READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 SYNTAX_STARTTLS = Reply(501, "5.5.4", "Syntax: STARTTLS")

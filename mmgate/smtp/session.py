@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from mmgate.smtp import paths, replies, state, xtext
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import (
+    Bdat,
     Command,
     DataRequest,
     Event,
@@ -44,6 +45,8 @@ from mmgate.smtp.events import (
 )
 from mmgate.smtp.framing import (
     BareLinePolicy,
+    ChunkReceived,
+    ChunkSkipped,
     CommandLine,
     Framer,
     MessageChunk,
@@ -63,6 +66,7 @@ _HELP_TOPICS = {
     "RSET": "Syntax: RSET",
     "NOOP": "Syntax: NOOP",
     "QUIT": "Syntax: QUIT",
+    "BDAT": "Syntax: BDAT chunk-size [LAST]",
     "VRFY": "Syntax: VRFY <address>",
 }
 
@@ -83,6 +87,7 @@ def _options(text: str) -> tuple[str, ...]:
 
 
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_BDAT = re.compile(r"([0-9]{1,12})(?: +(?i:(LAST)))? *")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
@@ -129,6 +134,8 @@ class SessionConfig:
     #: RFC 3461 DSN offered: NOTIFY, ORCPT, RET and ENVID are taken (for a
     #: server that passes them on: the relay)
     dsn: bool = False
+    #: RFC 3030 CHUNKING (BDAT) and BINARYMIME offered
+    chunking: bool = True
 
 
 class Session:
@@ -182,6 +189,10 @@ class Session:
             keywords.append("SMTPUTF8")
         if self.config.dsn:
             keywords.append("DSN")
+        if self.config.chunking:
+            keywords.append("CHUNKING")
+            if self.config.eight_bit:
+                keywords.append("BINARYMIME")
         keywords += ["PIPELINING", "ENHANCEDSTATUSCODES", "HELP"]
         return keywords
 
@@ -189,7 +200,9 @@ class Session:
     def receive_data(self, data: bytes) -> None:
         self.framer.receive_data(data)
 
-    def next_event(self) -> Command | MessageChunk | MessageData | None:
+    def next_event(
+        self,
+    ) -> Command | MessageChunk | MessageData | ChunkReceived | ChunkSkipped | None:
         """The next command, part of a large message, or finished message;
         ``None`` when more bytes are needed, or while a received message
         waits for its reply.
@@ -219,7 +232,7 @@ class Session:
             if isinstance(event, MessageData):
                 self._advance(Step.RECEIVED)
                 return event
-            if isinstance(event, MessageChunk):
+            if isinstance(event, MessageChunk | ChunkReceived | ChunkSkipped):
                 return event
             self.send(replies.LINE_TOO_LONG)  # LineTooLong
         return None
@@ -242,7 +255,8 @@ class Session:
         parse = (_LMTP_PARSERS if self.config.lmtp else _PARSERS).get(command.verb)
         if parse is None:
             return Unknown(command.verb, command.arg)
-        self.check_sequence(command.verb)
+        if command.verb != "BDAT":  # its octets are read even when refused
+            self.check_sequence(command.verb)
         return parse(self, command.arg)
 
     def check_sequence(self, verb: str) -> None:
@@ -282,10 +296,12 @@ class Session:
                 raise ProtocolError(syntax)
             smtputf8 = True
         body = rest.pop("BODY", None)
+        binary = self.config.chunking and self.config.eight_bit
         if body is not None and (
-            not self.config.eight_bit or body.upper() not in ("7BIT", "8BITMIME")
+            not self.config.eight_bit
+            or body.upper() not in ("7BIT", "8BITMIME", *(("BINARYMIME",) if binary else ()))
         ):
-            raise ProtocolError(replies.BAD_BODY)
+            raise ProtocolError(replies.BAD_BODY_BINARY if binary else replies.BAD_BODY)
         size_text = rest.pop("SIZE", None)
         size = None
         if size_text is not None:
@@ -342,7 +358,29 @@ class Session:
     def data(self, arg: str | None) -> DataRequest:
         if arg:
             raise ProtocolError(replies.SYNTAX_DATA)
+        if self.mail_from is not None and self.mail_from.body == "BINARYMIME":
+            raise ProtocolError(replies.BINARYMIME_NEEDS_BDAT)  # RFC 3030 3
         return DataRequest()
+
+    def bdat(self, arg: str | None) -> Bdat:
+        """BDAT's size and LAST (RFC 3030 2). A size that cannot be read
+        leaves the octets that follow unframeable: the caller ends the
+        session. The sequence is checked apart (:meth:`chunk_refusal`),
+        because a refused chunk's octets must still be read."""
+        m = _BDAT.fullmatch(arg or "")
+        if m is None:
+            raise ProtocolError(replies.SYNTAX_BDAT)
+        return Bdat(int(m.group(1)), m.group(2) is not None)
+
+    def chunk_refusal(self) -> Reply | None:
+        """Why a well-formed BDAT is refused now (its octets are skipped)."""
+        return state.out_of_sequence("BDAT", self.phase)
+
+    def start_chunk(self, bdat: Bdat) -> None:
+        """BDAT accepted: its octets are message text (the framer's switch
+        is part of this move)."""
+        self._advance(Step.CHUNK)
+        self.framer.start_chunk(bdat.size, bdat.last)
 
     def rset(self, arg: str | None) -> Reset:
         if arg:
@@ -408,6 +446,7 @@ class Session:
     def greet(self, hello: Hello) -> None:
         """HELO/EHLO accepted; RFC 5321 4.1.4: it resets the transaction."""
         self.clear_transaction()
+        self.framer.abort_chunks()
         self.seen_greeting = hello.name
         self.extended_smtp = hello.extended
         self._advance(Step.GREET)
@@ -443,6 +482,7 @@ class Session:
     def reset(self) -> None:
         """RSET, or a transaction aborted."""
         self.clear_transaction()
+        self.framer.abort_chunks()
         self._advance(Step.RESET)
 
     def clear_transaction(self) -> None:
@@ -456,7 +496,7 @@ class Session:
 
     @property
     def in_transaction(self) -> bool:
-        return self.phase in (Phase.MAIL, Phase.RCPT, Phase.DATA, Phase.RECEIVED)
+        return self.phase in (Phase.MAIL, Phase.RCPT, Phase.DATA, Phase.CHUNKS, Phase.RECEIVED)
 
     # -- replies in, bytes out ---------------------------------------------------
     def send(self, reply: Reply | str) -> None:
@@ -508,6 +548,7 @@ _PARSERS: dict[str, Callable[[Session, str | None], Event]] = {
     "HELP": lambda s, arg: Help(arg),
     "QUIT": lambda s, arg: Quit(),
     "STARTTLS": Session.starttls,
+    "BDAT": Session.bdat,
 }
 #: RFC 2033 4.1: LHLO replaces HELO and EHLO, which LMTP does not know.
 _LMTP_PARSERS: dict[str, Callable[[Session, str | None], Event]] = {

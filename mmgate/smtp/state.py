@@ -27,6 +27,8 @@ class Phase(Enum):
     #: DATA answered 354; message text is being read (RFC 5321 4.1.1.4).
     #: The framer reads message text in this phase and only in this one.
     DATA = "data"
+    #: BDAT chunks are arriving (RFC 3030); the LAST one ends the message.
+    CHUNKS = "chunks"
     #: The text ended at CRLF.CRLF; its reply is pending. Nothing more is
     #: read until it is sent, so later pipelined commands wait (RFC 2920).
     RECEIVED = "received"
@@ -39,7 +41,8 @@ class Step(Enum):
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"  #: DATA answered 354
-    RECEIVED = "received"  #: the message text ended (CRLF.CRLF)
+    CHUNK = "chunk"  #: a BDAT chunk accepted
+    RECEIVED = "received"  #: the message text ended (CRLF.CRLF, or BDAT LAST)
     END = "end"  #: the message was answered
     RESET = "reset"  #: RSET, or a transaction aborted
     #: TLS started (RFC 3207 4.2): the session is as new, EHLO again
@@ -59,9 +62,16 @@ TRANSITIONS: dict[Phase, dict[Step, Phase]] = {
         Step.GREET: Phase.GREETED,
         Step.RCPT: Phase.RCPT,
         Step.DATA: Phase.DATA,
+        Step.CHUNK: Phase.CHUNKS,
         Step.RESET: Phase.GREETED,
     },
     Phase.DATA: {Step.RECEIVED: Phase.RECEIVED},
+    Phase.CHUNKS: {
+        Step.CHUNK: Phase.CHUNKS,
+        Step.RECEIVED: Phase.RECEIVED,
+        Step.RESET: Phase.GREETED,
+        Step.GREET: Phase.GREETED,
+    },
     Phase.RECEIVED: {Step.END: Phase.GREETED},
 }
 
@@ -73,11 +83,24 @@ SEQUENCE: dict[str, dict[Phase, Reply]] = {
         Phase.CONNECTED: replies.SEND_HELO_FIRST,
         Phase.MAIL: replies.NESTED_MAIL,
         Phase.RCPT: replies.NESTED_MAIL,
+        Phase.CHUNKS: replies.NESTED_MAIL,
     },
-    "RCPT": {Phase.CONNECTED: replies.SEND_HELO_FIRST, Phase.GREETED: replies.NEED_MAIL},
+    "RCPT": {
+        Phase.CONNECTED: replies.SEND_HELO_FIRST,
+        Phase.GREETED: replies.NEED_MAIL,
+        Phase.CHUNKS: replies.CHUNKS_IN_PROGRESS,
+    },
     "DATA": {
         Phase.CONNECTED: replies.SEND_HELO_FIRST,
         Phase.GREETED: replies.NEED_RCPT,
+        Phase.MAIL: replies.NEED_RCPT,
+        Phase.CHUNKS: replies.CHUNKS_IN_PROGRESS,
+    },
+    # RFC 3030 2: after RCPT, and again for each chunk; its octets are
+    # read whatever the reply (the transport skips them)
+    "BDAT": {
+        Phase.CONNECTED: replies.SEND_HELO_FIRST,
+        Phase.GREETED: replies.NEED_MAIL,
         Phase.MAIL: replies.NEED_RCPT,
     },
     # RFC 3207 4: after EHLO (whose reply offers it), outside a transaction
@@ -85,6 +108,7 @@ SEQUENCE: dict[str, dict[Phase, Reply]] = {
         Phase.CONNECTED: replies.SEND_HELO_FIRST,
         Phase.MAIL: replies.TRANSACTION_IN_PROGRESS,
         Phase.RCPT: replies.TRANSACTION_IN_PROGRESS,
+        Phase.CHUNKS: replies.TRANSACTION_IN_PROGRESS,
     },
 }
 
