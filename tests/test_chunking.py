@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import threading
 
 from mmgate import PureProxy
 from tests.harness import RawClient, Recorder, serving
-from tests.upstream import Upstream, free_port
+from tests.upstream import ScriptedServer, Upstream
 
 
 def _replies(client: RawClient, count: int) -> list[int]:
     return [client.reply()[0] for _ in range(count)]
+
+
+def in_transaction(client: RawClient) -> None:
+    """Greeting, EHLO, MAIL and RCPT, each accepted."""
+    client.reply()
+    client.cmd("EHLO me.example")
+    assert client.cmd("MAIL FROM:<a@example.org>")[0] == 250
+    assert client.cmd("RCPT TO:<b@example.org>")[0] == 250
 
 
 def bdat(client: RawClient, data: bytes, *, last: bool = False) -> tuple[int, str]:
@@ -62,10 +69,7 @@ def test_a_refused_chunk_is_still_read_and_never_run_as_commands():
 def test_a_message_over_the_size_limit_is_refused_and_the_session_goes_on():
     server = Recorder(("127.0.0.1", 0), None, data_size_limit=10)
     with serving(server) as address, RawClient(address) as client:
-        client.reply()
-        client.cmd("EHLO me.example")
-        client.cmd("MAIL FROM:<a@example.org>")
-        client.cmd("RCPT TO:<b@example.org>")
+        in_transaction(client)
         assert bdat(client, b"12345678")[0] == 250
         code, text = bdat(client, b"12345678", last=True)
         assert (code, text[:5]) == (552, "5.3.4")
@@ -76,10 +80,7 @@ def test_a_message_over_the_size_limit_is_refused_and_the_session_goes_on():
 def test_rset_abandons_the_chunks_and_data_or_mail_cannot_interleave():
     server = Recorder(("127.0.0.1", 0), None)
     with serving(server) as address, RawClient(address) as client:
-        client.reply()
-        client.cmd("EHLO me.example")
-        client.cmd("MAIL FROM:<a@example.org>")
-        client.cmd("RCPT TO:<b@example.org>")
+        in_transaction(client)
         assert bdat(client, b"old")[0] == 250
         assert client.cmd("DATA")[0] == 503
         assert client.cmd("MAIL FROM:<c@example.org>")[0] == 503
@@ -93,10 +94,7 @@ def test_rset_abandons_the_chunks_and_data_or_mail_cannot_interleave():
 def test_a_bdat_size_that_cannot_be_read_ends_the_session():
     server = Recorder(("127.0.0.1", 0), None)
     with serving(server) as address, RawClient(address) as client:
-        client.reply()
-        client.cmd("EHLO me.example")
-        client.cmd("MAIL FROM:<a@example.org>")
-        client.cmd("RCPT TO:<b@example.org>")
+        in_transaction(client)
         assert client.cmd("BDAT many LAST")[0] == 501
         assert client.reply()[0] == 421
         assert client.closed()
@@ -119,10 +117,7 @@ def test_a_large_chunked_message_is_spooled_and_arrives_whole(tmp_path):
     )
     body = b"".join(b"line %05d of a chunked message\r\n" % n for n in range(4000))
     with serving(server) as address, RawClient(address) as client:
-        client.reply()
-        client.cmd("EHLO me.example")
-        client.cmd("MAIL FROM:<a@example.org>")
-        client.cmd("RCPT TO:<b@example.org>")
+        in_transaction(client)
         half = len(body) // 2
         assert bdat(client, body[:half])[0] == 250
         assert bdat(client, body[half:], last=True)[0] == 250
@@ -130,56 +125,34 @@ def test_a_large_chunked_message_is_spooled_and_arrives_whole(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the spool file is gone
 
 
-class ChunkingUpstream:
-    """A scripted upstream offering CHUNKING and BINARYMIME: keeps every
-    BDAT chunk it is sent, and says when DATA is used instead."""
+class ChunkingUpstream(ScriptedServer):
+    """Offers CHUNKING and BINARYMIME; keeps every command and BDAT chunk."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.chunks: list[bytes] = []
         self.commands: list[str] = []
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"220 chunks.test ESMTP\r\n")
-            while line := await reader.readline():
-                text = line.decode().rstrip("\r\n")
-                self.commands.append(text)
-                verb, _, arg = text.partition(" ")
-                verb = verb.upper()
-                if verb == "EHLO":
-                    writer.write(
-                        b"250-chunks.test\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250 8BITMIME\r\n"
-                    )
-                elif verb == "BDAT":
-                    size = int(arg.split()[0])
-                    self.chunks.append(await reader.readexactly(size))
-                    writer.write(b"250 2.0.0 ok\r\n")
-                elif verb == "QUIT":
-                    writer.write(b"221 bye\r\n")
-                    break
-                else:
-                    writer.write(b"250 2.0.0 ok\r\n")
-            writer.close()
-
-        server = self.loop.run_until_complete(asyncio.start_server(session, "127.0.0.1", self.port))
-        self.ready.set()
-        self.loop.run_forever()
-        server.close()
-
-    def __enter__(self) -> ChunkingUpstream:
-        self.thread.start()
-        self.ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 chunks.test ESMTP\r\n")
+        while line := await reader.readline():
+            text = line.decode().rstrip("\r\n")
+            self.commands.append(text)
+            verb, _, arg = text.partition(" ")
+            verb = verb.upper()
+            if verb == "EHLO":
+                writer.write(
+                    b"250-chunks.test\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250 8BITMIME\r\n"
+                )
+            elif verb == "BDAT":
+                self.chunks.append(await reader.readexactly(int(arg.split()[0])))
+                writer.write(b"250 2.0.0 ok\r\n")
+            elif verb == "QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 2.0.0 ok\r\n")
+        writer.close()
 
 
 def test_the_relay_sends_bdat_to_an_upstream_with_chunking():

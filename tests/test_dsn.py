@@ -4,65 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import threading
 
 from mmgate import PureProxy
 from tests.harness import RawClient, Recorder, serving
-from tests.upstream import Upstream, free_port
+from tests.upstream import ScriptedServer, Upstream, free_port
 
 POST = b"From: a@example.org\r\nSubject: dsn\r\n\r\nhi\r\n"
 
 
-class DSNUpstream:
-    """A scripted SMTP server that offers DSN and keeps every command line."""
+class DSNUpstream(ScriptedServer):
+    """Offers DSN and keeps every command line."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.lines: list[str] = []
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"220 dsn.test ESMTP\r\n")
-            in_data = False
-            while line := await reader.readline():
-                text = line.decode().rstrip("\r\n")
-                if in_data:
-                    if text == ".":
-                        in_data = False
-                        writer.write(b"250 2.0.0 queued\r\n")
-                    continue
-                self.lines.append(text)
-                verb = text.split(" ", 1)[0].upper()
-                if verb == "EHLO":
-                    writer.write(b"250-dsn.test\r\n250-DSN\r\n250 8BITMIME\r\n")
-                elif verb == "DATA":
-                    in_data = True
-                    writer.write(b"354 go on\r\n")
-                elif verb == "QUIT":
-                    writer.write(b"221 bye\r\n")
-                    break
-                else:
-                    writer.write(b"250 2.0.0 ok\r\n")
-            writer.close()
-
-        server = self.loop.run_until_complete(asyncio.start_server(session, "127.0.0.1", self.port))
-        self.ready.set()
-        self.loop.run_forever()
-        server.close()
-
-    def __enter__(self) -> DSNUpstream:
-        self.thread.start()
-        self.ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 dsn.test ESMTP\r\n")
+        in_data = False
+        while line := await reader.readline():
+            text = line.decode().rstrip("\r\n")
+            if in_data:
+                if text == ".":
+                    in_data = False
+                    writer.write(b"250 2.0.0 queued\r\n")
+                continue
+            self.lines.append(text)
+            verb = text.split(" ", 1)[0].upper()
+            if verb == "EHLO":
+                writer.write(b"250-dsn.test\r\n250-DSN\r\n250 8BITMIME\r\n")
+            elif verb == "DATA":
+                in_data = True
+                writer.write(b"354 go on\r\n")
+            elif verb == "QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 2.0.0 ok\r\n")
+        writer.close()
 
 
 def test_dsn_parameters_are_checked():
