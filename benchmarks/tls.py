@@ -3,7 +3,7 @@
     python -m benchmarks.tls [--quick]
 
 Each server runs alone in a child process (benchmarks/servers.py) with the
-same certificate (RSA 2048, self-signed, made for the run), as shipped:
+same certificate (the self-signed default, ECDSA P-256, made for the run), as shipped:
 mmgate's smtpd-style sink (a plain ``def process_message``, smtpd's data
 form) and its tuned sink on uvloop, aiosmtpd's sink on asyncio. The load
 is a Python client in its own process (uvloop, TLS in C), pinned to another
@@ -122,7 +122,7 @@ def main() -> int:
     os.environ["MMGATE_BENCH_TLS"] = f"{cert}:{key}"
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, "
-        f"client on CPU {CLIENT_CPU}; RSA 2048; 1 KiB: {small} messages, 16 at once, a TLS "
+        f"client on CPU {CLIENT_CPU}; ECDSA P-256; 1 KiB: {small} messages, 16 at once, a TLS "
         f"session each; 10 MiB: {large} messages over 4 sessions; best of {repeat}"
     )
     results: dict[str, dict[str, float]] = {}
