@@ -15,7 +15,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -613,30 +613,34 @@ def run_plugins(argv: Sequence[str]) -> int:
     return 0
 
 
-def run_config(argv: Sequence[str]) -> int:
-    parser = _Parser(
-        prog="mmgate config",
-        description="The settings in force (file, environment, flags), secrets masked, as TOML.",
-    )
+def _show(argv: Sequence[str], prog: str, description: str, render: Callable[[Any], str]) -> int:
+    """A command that reads serve's settings (its flags, the environment,
+    the file), writes nothing, and prints what ``render`` makes of them."""
+    parser = _Parser(prog=prog, description=description)
     add_serve_options(parser)
     args = parser.parse_args(argv)
-    settings = load_settings(args, listen_flag=args.listen)
-    print(config.dump_toml(settings.effective()), end="")
+    print(render(load_settings(args, listen_flag=args.listen)), end="")
     return 0
+
+
+def run_config(argv: Sequence[str]) -> int:
+    return _show(
+        argv,
+        "mmgate config",
+        "The settings in force (file, environment, flags), secrets masked, as TOML.",
+        lambda settings: config.dump_toml(settings.effective()),
+    )
 
 
 def run_postfix(argv: Sequence[str]) -> int:
     from mmgate.postfix import recipe
 
-    parser = _Parser(
-        prog="mmgate postfix",
-        description="The Postfix lines that put mmgate in front of Mailman, from the settings.",
+    return _show(
+        argv,
+        "mmgate postfix",
+        "The Postfix lines that put mmgate in front of Mailman, from the settings.",
+        recipe,
     )
-    add_serve_options(parser)
-    args = parser.parse_args(argv)
-    settings = load_settings(args, listen_flag=args.listen)
-    print(recipe(settings), end="")
-    return 0
 
 
 def run_mailman(argv: Sequence[str]) -> int:

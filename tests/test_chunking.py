@@ -133,26 +133,23 @@ class ChunkingUpstream(ScriptedServer):
         self.chunks: list[bytes] = []
         self.commands: list[str] = []
 
-    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 chunks.test ESMTP\r\n")
-        while line := await reader.readline():
-            text = line.decode().rstrip("\r\n")
-            self.commands.append(text)
-            verb, _, arg = text.partition(" ")
-            verb = verb.upper()
-            if verb == "EHLO":
-                writer.write(
-                    b"250-chunks.test\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250 8BITMIME\r\n"
-                )
-            elif verb == "BDAT":
-                self.chunks.append(await reader.readexactly(int(arg.split()[0])))
-                writer.write(b"250 2.0.0 ok\r\n")
-            elif verb == "QUIT":
-                writer.write(b"221 bye\r\n")
-                break
-            else:
-                writer.write(b"250 2.0.0 ok\r\n")
-        writer.close()
+    async def on_command(
+        self,
+        verb: str,
+        arg: str,
+        text: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        self.commands.append(text)
+        if verb == "EHLO":
+            writer.write(b"250-chunks.test\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250 8BITMIME\r\n")
+        elif verb == "BDAT":
+            self.chunks.append(await reader.readexactly(int(arg.split()[0])))
+            writer.write(b"250 2.0.0 ok\r\n")
+        else:
+            return False
+        return True
 
 
 def test_the_relay_sends_bdat_to_an_upstream_with_chunking():

@@ -19,29 +19,25 @@ class DSNUpstream(ScriptedServer):
         super().__init__()
         self.lines: list[str] = []
 
-    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 dsn.test ESMTP\r\n")
-        in_data = False
-        while line := await reader.readline():
-            text = line.decode().rstrip("\r\n")
-            if in_data:
-                if text == ".":
-                    in_data = False
-                    writer.write(b"250 2.0.0 queued\r\n")
-                continue
-            self.lines.append(text)
-            verb = text.split(" ", 1)[0].upper()
-            if verb == "EHLO":
-                writer.write(b"250-dsn.test\r\n250-DSN\r\n250 8BITMIME\r\n")
-            elif verb == "DATA":
-                in_data = True
-                writer.write(b"354 go on\r\n")
-            elif verb == "QUIT":
-                writer.write(b"221 bye\r\n")
-                break
-            else:
-                writer.write(b"250 2.0.0 ok\r\n")
-        writer.close()
+    async def on_command(
+        self,
+        verb: str,
+        arg: str,
+        text: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        self.lines.append(text)
+        if verb == "EHLO":
+            writer.write(b"250-dsn.test\r\n250-DSN\r\n250 8BITMIME\r\n")
+        elif verb == "DATA":
+            writer.write(b"354 go on\r\n")
+            while (await reader.readline()).rstrip(b"\r\n") != b".":
+                pass
+            writer.write(b"250 2.0.0 queued\r\n")
+        else:
+            return False
+        return True
 
 
 def test_dsn_parameters_are_checked():

@@ -265,8 +265,34 @@ class ScriptedServer:
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    greeting = b"220 scripted.test ESMTP\r\n"
+
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+        """Greet, then one command a line: ``on_command`` answers what it
+        knows; QUIT ends the session; anything else is 250."""
+        writer.write(self.greeting)
+        while line := await reader.readline():
+            text = line.decode().rstrip("\r\n")
+            verb, _, arg = text.partition(" ")
+            verb = verb.upper()
+            if await self.on_command(verb, arg, text, reader, writer):
+                continue
+            if verb == "QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            writer.write(b"250 2.0.0 ok\r\n")
+        writer.close()
+
+    async def on_command(
+        self,
+        verb: str,
+        arg: str,
+        text: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Answer one command and say True, or say False for the default."""
+        return False
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
