@@ -18,6 +18,8 @@ FORBIDDEN = {
     "mmgate.smtp": ("mmgate.",),  # below everything: only mmgate.smtp itself
     "mmgate.hooks": ("mmgate.",),
     "mmgate.spoolfile": ("mmgate.",),
+    "mmgate.tls": ("mmgate.",),
+    "mmgate.proxyheader": ("mmgate.",),
     "mmgate.config": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.settings": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
     "mmgate.router": ("mmgate.server", "mmgate.channel", "mmgate.gateway", "mmgate.cli"),
@@ -38,6 +40,8 @@ ALLOWED = {
     "mmgate.smtp": ("mmgate.smtp",),
     "mmgate.hooks": ("mmgate.smtp", "mmgate.spoolfile"),
     "mmgate.spoolfile": (),
+    "mmgate.tls": (),
+    "mmgate.proxyheader": (),
 }
 
 
