@@ -334,9 +334,7 @@ class SMTPChannel(asyncio.Protocol):
         self.received_lines = [command.line]
         verb = command.verb
         method = getattr(self, "smtp_" + verb, None) if verb.isascii() else None
-        if verb == "STARTTLS" and not self.starttls_offered:
-            method = None  # no certificate, or TLS already: as if not there
-        if method is None:
+        if method is None or not self.offers(verb):
             self.push(
                 replies.UNKNOWN_COMMAND.with_text(
                     replies.UNKNOWN_COMMAND.text.format(printable(verb))
@@ -425,10 +423,17 @@ class SMTPChannel(asyncio.Protocol):
 
     def _reset_transaction(self) -> None:
         """Forget the transaction without moving the session (the client left)."""
-        self.transaction_ended()
+        self._abandon_transaction()
         self.session.clear_transaction()
+
+    def _abandon_transaction(self) -> None:
+        """Let go of what this channel holds for a transaction (RSET,
+        HELO/EHLO, a client gone): the hooks' notes, smtpd's received_data,
+        and BDAT chunks so far with their spool, budget and pace."""
+        self.transaction_ended()
         self.received_data = ""
         self._drop_message()
+        self._data_since = None
 
     def _drop_message(self) -> None:
         """Give back the memory budget and remove the spool files."""
@@ -645,9 +650,8 @@ class SMTPChannel(asyncio.Protocol):
             return
         self._transport = cast(asyncio.Transport, upgraded)
         self._note_tls(self._transport)
+        self._abandon_transaction()
         self.session.tls_started()
-        self.transaction_ended()
-        self.received_data = ""
 
     def _note_tls(self, transport: asyncio.BaseTransport) -> None:
         self.tls_info = tls.describe(transport.get_extra_info("ssl_object"))
@@ -701,11 +705,8 @@ class SMTPChannel(asyncio.Protocol):
         self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
 
     def _greet(self, hello: Hello) -> None:
-        self.transaction_ended()
-        self.received_data = ""
+        self._abandon_transaction()
         self.session.greet(hello)
-        self._drop_message()
-        self._data_since = None
 
     def smtp_NOOP(self, arg: str | None) -> None:
         if self._parse(self.session.noop, arg) is not None:
@@ -717,11 +718,8 @@ class SMTPChannel(asyncio.Protocol):
 
     def smtp_RSET(self, arg: str | None) -> None:
         if self._parse(self.session.rset, arg) is not None:
-            self.transaction_ended()
-            self.received_data = ""
+            self._abandon_transaction()
             self.session.reset()
-            self._drop_message()  # BDAT chunks so far, their spool and budget
-            self._data_since = None
             self.push(replies.RESET_OK)
 
     def smtp_HELP(self, arg: str | None) -> None:
@@ -742,6 +740,16 @@ class SMTPChannel(asyncio.Protocol):
 
     def smtp_EXPN(self, arg: str | None) -> None:
         self.push(replies.EXPN_NOT_IMPLEMENTED)
+
+    def offers(self, verb: str) -> bool:
+        """Whether this session knows ``verb`` now: the command of an
+        extension not offered (STARTTLS with no certificate or once TLS is
+        up, BDAT without CHUNKING) is answered as an unknown one."""
+        if verb == "STARTTLS":
+            return self.starttls_offered
+        if verb == "BDAT":
+            return self.session.config.chunking
+        return True
 
     def smtp_MAIL(self, arg: str | None) -> None:
         if not self.session.tls and self.smtp_server.tls_required(self.peer_ip):
@@ -788,11 +796,6 @@ class SMTPChannel(asyncio.Protocol):
 
     def smtp_BDAT(self, arg: str | None) -> None:
         """RFC 3030: a chunk of the message, of the size given, raw."""
-        if not self.session.config.chunking:
-            self.push(
-                replies.UNKNOWN_COMMAND.with_text(replies.UNKNOWN_COMMAND.text.format("BDAT"))
-            )
-            return
         try:
             bdat = self.session.bdat(arg)
         except ProtocolError as exc:

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mmgate.lmtp")
 
-#: RFC 2033 4.1: an LMTP server knows LHLO, not HELO or EHLO.
+#: One complete reply line (no continuation), as process_message's text
+#: for several recipients holds them.
 _REPLY_LINE = re.compile(r"[2-5][0-9][0-9]( .*)?")
 
 
@@ -68,14 +69,9 @@ class LMTPChannel(SMTPChannel):
     def smtp_LHLO(self, arg: str | None) -> None:
         self._hello(arg, extended=True)
 
-    def _not_lmtp(self, verb: str) -> None:
-        self.push(replies.UNKNOWN_COMMAND.with_text(replies.UNKNOWN_COMMAND.text.format(verb)))
-
-    def smtp_HELO(self, arg: str | None) -> None:
-        self._not_lmtp("HELO")
-
-    def smtp_EHLO(self, arg: str | None) -> None:
-        self._not_lmtp("EHLO")
+    def offers(self, verb: str) -> bool:
+        # RFC 2033 4.1: LHLO in the place of HELO and EHLO
+        return verb not in ("HELO", "EHLO") and super().offers(verb)
 
     def answer_message(self, reply: Reply | str, recipients: int) -> None:
         for one in per_recipient(reply, recipients):
