@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from mmgate.mailman.embedded import free_port as free_port
+
 #: (server, event loop). aiosmtpd as shipped runs on asyncio's loop; mmgate
 #: as shipped on uvloop. Both run on both, so each ratio can be read like
 #: for like as well.
@@ -34,12 +36,6 @@ CONFIGS = (
     ("mmgate", "uvloop"),
 )
 SHIPPED = {"aiosmtpd": "asyncio", "mmgate": "uvloop"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int, key: str = "VmRSS") -> int:

@@ -154,14 +154,14 @@ class MailmanProxy(PureProxy):
         if mailman is None:
             mailman = LocalMailman(ensure_home(var_dir, smtp_port=localaddr[1] or 8025))
         self.mailman = mailman
+        # plugins find the store through it while the server is made
         self.recorder = Recorder(store) if store is not None else None
         self._refresh_seen = 0.0
         self._watcher: asyncio.Task[None] | None = None
-        recorder = self.recorder
         self.router = Router(
             mailman.start(),
             upstream=remoteaddr,
-            paused=paused or ((lambda: recorder.paused) if recorder is not None else lambda: ()),
+            paused=paused or self._paused_in_store,
             stale_after=stale_after,
         )
         self.directory = Directory(
@@ -173,6 +173,11 @@ class MailmanProxy(PureProxy):
         kwargs.setdefault("spool_dir", Path(var_dir) / "spool")
         super().__init__(localaddr, remoteaddr, *args, **kwargs)
         self.router.local_domains = frozenset({"localhost", self.fqdn.lower()})
+        if self.recorder is not None:  # named by host name in a store several gateways share
+            self.recorder.gateway = self.fqdn
+
+    def _paused_in_store(self) -> Container[str]:
+        return self.recorder.paused if self.recorder is not None else ()
 
     @property
     def relay_policy(self) -> RelayPolicy:

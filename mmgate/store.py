@@ -2,10 +2,14 @@
 
 They are different processes (gunicorn workers; several mmgate hosts), so
 what one writes and the other reads lives in a database, through SQLAlchemy
-Core: SQLite under the var directory by default, any SQLAlchemy URL (such as
-PostgreSQL) for several hosts. The SMTP side never waits on it: see
-:class:`Recorder`, which batches writes on a thread of its own and keeps
-mail flowing when the store is down.
+Core: SQLite under the var directory by default, PostgreSQL (psycopg 3, in
+SQLAlchemy's connection pool) for several gateways. The SMTP side never waits
+on it: see :class:`Recorder`, which batches writes on a thread of its own and
+keeps mail flowing when the store is down.
+
+Gateways sharing a store are told apart by their host name (the one in their
+greeting): each has its own counters and heartbeat, and its name on its
+journal entries; pauses and rate-limit buckets are common to all.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Float,
@@ -34,34 +39,47 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
 
 log = logging.getLogger("mmgate.store")
 
 metadata = MetaData()
 counters = Table(
-    "mmgate_counters",
+    "mmgate_counts",
     metadata,
+    Column("gateway", String(255), primary_key=True),
     Column("name", String(200), primary_key=True),
-    Column("total", Integer, nullable=False, default=0),
-    Column("since_start", Integer, nullable=False, default=0),
+    Column("total", BigInteger, nullable=False, default=0),
+    Column("since_start", BigInteger, nullable=False, default=0),
 )
+gateways = Table(
+    "mmgate_gateways",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("started_at", Float),
+    Column("heartbeat", Float),
+)
+# Free text is Text: PostgreSQL enforces a VARCHAR's length, and one long
+# Message-ID must not make a whole batch fail.
 journal = Table(
     "mmgate_journal",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("time", Float, nullable=False, index=True),
+    Column("gateway", String(255)),
     Column("client", String(100)),
-    Column("sender", String(600)),
-    Column("size", Integer),
-    Column("message_id", String(1000)),
+    Column("sender", Text),
+    Column("size", BigInteger),
+    Column("message_id", Text),
     Column("queue_id", String(50)),
     Column("outcome", Integer, index=True),
-    Column("reply", String(1000)),
-    Column("lists", String(2000)),  # " list.id other.id " for filtering
+    Column("reply", Text),
+    Column("lists", Text),  # " list.id other.id " for filtering
     Column("recipients", Text),  # JSON
 )
 pauses = Table(
@@ -84,13 +102,46 @@ control = Table(
     Column("value", Float, nullable=False),
 )
 
+_schema_lock = threading.Lock()
+
+#: A gateway whose heartbeat is older than this is down (it beats every
+#: Recorder interval, half a second by default).
+HEARTBEAT_FRESH = 5.0
+
+
+def _clean(value: Any) -> Any:
+    """PostgreSQL's text cannot hold NUL, which a client can put in a
+    Message-ID; SQLite can. The journal is for people: make it visible."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
+def _put(conn: Any, table: Table, key: dict[str, str], values: Mapping[str, float]) -> None:
+    """Update the row with this key, or insert it: portable between SQLite
+    and PostgreSQL. When two writers insert the same new row at once, the
+    loser's savepoint is rolled back and it updates the winner's row."""
+    where = [table.c[k] == v for k, v in key.items()]
+    if conn.execute(update(table).where(*where).values(**values)).rowcount:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(table).values(**key, **values))
+    except IntegrityError:
+        conn.execute(update(table).where(*where).values(**values))
+
 
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {}
+        # pre-ping: a pooled connection to a database that restarted is
+        # replaced before use, not handed out to fail once.
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 5, "check_same_thread": False}
+        elif url.startswith("postgresql"):
+            # a store that does not answer must fail fast: the API's health
+            # check and the Recorder's next try both wait on it
+            kwargs["connect_args"] = {"connect_timeout": 3}
+            kwargs["pool_timeout"] = 5
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
 
@@ -104,9 +155,38 @@ class Store:
     def _schema(self) -> None:
         """Create the tables on first use, not at construction: a store that is
         down when mmgate starts must not stop mail (the Recorder copes)."""
-        if not self._schema_ready:
-            metadata.create_all(self.engine)
+        if self._schema_ready:
+            return
+        with _schema_lock:
+            for attempt in range(3):
+                try:
+                    metadata.create_all(self.engine)
+                    self._upgrade()
+                    break
+                except (OperationalError, ProgrammingError, IntegrityError):
+                    # another gateway made the same table at the same moment
+                    # (or the store is down: then the last try says so)
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.05)
             self._schema_ready = True
+
+    def _upgrade(self) -> None:
+        """Bring a store made by an earlier mmgate to this schema: one
+        gateway's counters (``mmgate_counters``) become the unnamed gateway's,
+        and the journal gains its ``gateway`` column."""
+        names = inspect(self.engine)
+        with self.engine.begin() as conn:
+            if "gateway" not in {c["name"] for c in names.get_columns("mmgate_journal")}:
+                conn.execute(text("ALTER TABLE mmgate_journal ADD COLUMN gateway VARCHAR(255)"))
+            if names.has_table("mmgate_counters"):
+                old = conn.execute(text("SELECT name, total FROM mmgate_counters")).all()
+                if old:
+                    conn.execute(
+                        insert(counters),
+                        [{"gateway": "", "name": n, "total": t, "since_start": 0} for n, t in old],
+                    )
+                conn.execute(text("DROP TABLE mmgate_counters"))
 
     def _begin(self) -> Any:
         self._schema()
@@ -117,28 +197,42 @@ class Store:
         return self.engine.connect()
 
     # -- the SMTP side -----------------------------------------------------
-    def apply(self, deltas: Mapping[str, int], entries: list[dict[str, Any]]) -> None:
-        """Add counter deltas and journal entries, in one transaction."""
+    def apply(self, gateway: str, deltas: Mapping[str, int], entries: list[dict[str, Any]]) -> None:
+        """Add a gateway's counter deltas and journal entries, in one
+        transaction. Only this gateway writes its counter rows, so the
+        update-else-insert cannot race with another."""
         with self._begin() as conn:
             for name, n in deltas.items():
                 done = conn.execute(
                     update(counters)
-                    .where(counters.c.name == name)
+                    .where(counters.c.gateway == gateway, counters.c.name == name)
                     .values(total=counters.c.total + n, since_start=counters.c.since_start + n)
                 )
                 if done.rowcount == 0:
-                    conn.execute(insert(counters).values(name=name, total=n, since_start=n))
+                    conn.execute(
+                        insert(counters).values(gateway=gateway, name=name, total=n, since_start=n)
+                    )
             if entries:
                 conn.execute(
                     insert(journal),
-                    [{**e, "recipients": json.dumps(e["recipients"])} for e in entries],
+                    [
+                        {
+                            **{k: _clean(v) for k, v in e.items()},
+                            "gateway": gateway,
+                            "recipients": json.dumps(e["recipients"]),
+                        }
+                        for e in entries
+                    ],
                 )
 
-    def started(self) -> None:
-        """A new SMTP process: counters 'since start' begin again."""
+    def started(self, gateway: str) -> None:
+        """A gateway (re)starts: its counters 'since start' begin again."""
+        now = time.time()
         with self._begin() as conn:
-            conn.execute(update(counters).values(since_start=0))
-            self._set(conn, "started_at", time.time())
+            conn.execute(
+                update(counters).where(counters.c.gateway == gateway).values(since_start=0)
+            )
+            self._beat(conn, gateway, started_at=now, heartbeat=now)
 
     def prune(self, keep: int) -> None:
         """Bounded retention: only the newest ``keep`` journal entries stay."""
@@ -149,9 +243,27 @@ class Store:
             if newest is not None:
                 conn.execute(delete(journal).where(journal.c.id <= newest))
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, gateway: str) -> None:
         with self._begin() as conn:
-            self._set(conn, "smtp_heartbeat", time.time())
+            self._beat(conn, gateway, heartbeat=time.time())
+
+    @staticmethod
+    def _beat(conn: Any, gateway: str, **values: float) -> None:
+        _put(conn, gateways, {"name": gateway}, values)
+
+    def gateways(self) -> dict[str, dict[str, float | None]]:
+        """Each gateway that ever wrote to this store: when it started, and
+        how old its heartbeat is (None: never beat)."""
+        now = time.time()
+        with self._connect() as conn:
+            rows = list(conn.execute(select(gateways)))
+        return {
+            r.name: {
+                "started_at": r.started_at,
+                "heartbeat_age": None if r.heartbeat is None else max(0.0, now - r.heartbeat),
+            }
+            for r in rows
+        }
 
     def take(self, key: str, capacity: float, per_second: float, now: float | None = None) -> bool:
         """Take one token from the bucket ``key`` (``capacity`` tokens, refilled
@@ -214,21 +326,34 @@ class Store:
 
     @staticmethod
     def _set(conn: Any, key: str, value: float) -> float:
-        if (
-            conn.execute(update(control).where(control.c.key == key).values(value=value)).rowcount
-            == 0
-        ):
-            conn.execute(insert(control).values(key=key, value=value))
+        _put(conn, control, {"key": key}, {"value": value})
         return value
 
     # -- the API -----------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        """Every gateway's counters summed, and each gateway's own."""
         with self._connect() as conn:
             rows = list(conn.execute(select(counters)))
+        since: collections.Counter[str] = collections.Counter()
+        total: collections.Counter[str] = collections.Counter()
+        each: dict[str, dict[str, Any]] = {}
+        for name, info in self.gateways().items():
+            each[name] = {**info, "since_start": {}, "total": {}}
+        for r in rows:
+            since[r.name] += r.since_start
+            total[r.name] += r.total
+            mine = each.setdefault(
+                r.gateway,
+                {"started_at": None, "heartbeat_age": None, "since_start": {}, "total": {}},
+            )
+            mine["since_start"][r.name] = r.since_start
+            mine["total"][r.name] = r.total
+        starts = [g["started_at"] for g in each.values() if g["started_at"] is not None]
         return {
-            "since_start": {r.name: r.since_start for r in rows},
-            "total": {r.name: r.total for r in rows},
-            "started_at": self.control_value("started_at"),
+            "since_start": dict(since),
+            "total": dict(total),
+            "started_at": max(starts) if starts else None,
+            "gateways": each,
         }
 
     def messages(
@@ -249,6 +374,7 @@ class Store:
             entries = [
                 {
                     "time": r.time,
+                    "gateway": r.gateway,
                     "client": r.client,
                     "sender": r.sender,
                     "size": r.size,
@@ -277,11 +403,14 @@ class Recorder:
         self,
         store: Store,
         *,
+        gateway: str = "",
         interval: float = 0.5,
         retention: int = 10000,
         max_pending: int = 100_000,
     ) -> None:
         self.store = store
+        #: this gateway's name in a store that several share
+        self.gateway = gateway
         self.interval = interval
         self.retention = retention
         self._deltas: collections.Counter[str] = collections.Counter()
@@ -304,7 +433,7 @@ class Recorder:
 
     def start(self) -> None:
         try:
-            self.store.started()
+            self.store.started(self.gateway)
             self.poll()
         except Exception as exc:
             self._failed(exc)
@@ -333,13 +462,21 @@ class Recorder:
         if not deltas and not entries:
             return
         try:
-            self.store.apply(deltas, entries)
+            self.store.apply(self.gateway, deltas, entries)
             self._flushes += 1
             if self._flushes % 100 == 0:
                 self.store.prune(self.retention)
+        except (DataError, IntegrityError) as exc:
+            # The store answers but refuses this batch: retrying it would
+            # refuse it for ever and hold back all that follows. Write what
+            # can be written; name what cannot.
+            log.error(
+                "store %s refused a journal batch (%s); writing it one by one", self.store.url, exc
+            )
+            self._one_by_one(deltas, entries)
         except Exception as exc:
             self._failed(exc)
-            with self._lock:  # keep them for the next try
+            with self._lock:  # the store is down: keep them for the next try
                 self._deltas.update(deltas)
                 self._entries.extendleft(reversed(entries))
             return
@@ -347,10 +484,30 @@ class Recorder:
             log.warning("store %s writable again", self.store.url)
             self.healthy = True
 
+    def _one_by_one(self, deltas: Mapping[str, int], entries: list[dict[str, Any]]) -> None:
+        """Counters, then each entry alone; an entry the store refuses is
+        dropped with a log line, and if the store goes down meanwhile the
+        rest is kept for the next flush."""
+        pending: list[tuple[Mapping[str, int], list[dict[str, Any]]]] = [(deltas, [])]
+        pending += [({}, [e]) for e in entries]
+        for i, (d, e) in enumerate(pending):
+            try:
+                self.store.apply(self.gateway, d, e)
+            except (DataError, IntegrityError) as exc:
+                what = f"journal entry for queue id {e[0].get('queue_id')}" if e else "counters"
+                log.error("store %s: %s dropped: %s", self.store.url, what, exc)
+            except Exception as exc:
+                self._failed(exc)
+                with self._lock:
+                    for d2, _ in pending[i:]:
+                        self._deltas.update(d2)
+                    self._entries.extendleft(reversed([x for _, e2 in pending[i:] for x in e2]))
+                return
+
     def poll(self) -> None:
         self.paused = frozenset(self.store.paused())
         self.refresh_requested = self.store.control_value("refresh_requested") or 0.0
-        self.store.heartbeat()
+        self.store.heartbeat(self.gateway)
 
     def _failed(self, exc: Exception) -> None:
         if self.healthy:

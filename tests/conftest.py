@@ -30,3 +30,15 @@ def lmtp_runner(mailman_env: MailmanEnv) -> Iterator[Any]:
     """Mailman's own LMTP runner, started as Mailman starts it."""
     with mailman_env.runner("lmtp:0:1", mailman_env.lmtp_port) as proc:
         yield proc
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[Any]:
+    """One PostgreSQL server (Debian's package) for the session's tests."""
+    from mmgate.mailman.embedded import free_port
+    from tests import postgres
+
+    if not postgres.available():
+        pytest.skip("Debian's postgresql is not installed (tests/install_packages.sh)")
+    with postgres.PostgreSQL(free_port()) as server:
+        yield server

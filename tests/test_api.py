@@ -53,6 +53,24 @@ def test_health_needs_no_credentials_and_says_what_it_depends_on(api):
     assert got.json["smtp"]["up"] is False and got.json["status"] == "degraded"
 
 
+def test_health_judges_its_own_gateway_and_lists_the_others(mm, store_url):
+    """Gateways sharing a store each beat under their host name: an API is
+    healthy when its own SMTP side is, however the others are."""
+    store = Store(store_url)
+    store.started("gw-b.example.org")
+    settings = ApiSettings(
+        store_url=store_url, backend=mm.mailman, gateway="gw-a.example.org", snapshot_ttl=0.0
+    )
+    client = falcon.testing.TestClient(create_app(settings))
+    got = client.simulate_get("/v1/health")
+    assert got.status_code == 503 and got.json["smtp"]["up"] is False
+    assert got.json["gateways"]["gw-b.example.org"]["up"] is True
+    store.started("gw-a.example.org")
+    got = client.simulate_get("/v1/health")
+    assert got.status_code == 200 and got.json["smtp"]["gateway"] == "gw-a.example.org"
+    assert set(got.json["gateways"]) == {"gw-a.example.org", "gw-b.example.org"}
+
+
 @pytest.mark.parametrize(
     "path",
     ["/v1/lists", "/v1/stats", "/v1/messages", "/v1/route?address=a@b.c", "/v1/openapi.json"],
@@ -149,6 +167,7 @@ def test_a_limit_that_is_not_an_ascii_number_in_range_is_400(api, limit):
 def test_messages_are_newest_first_paged_and_filtered(api, store_url):
     store = Store(store_url)
     store.apply(
+        "gw.example",
         {"messages_accepted": 3},
         [
             {
@@ -431,7 +450,7 @@ def test_journal_retention_is_bounded(store_url):
         "lists": " ",
         "recipients": [],
     }
-    store.apply({}, [{**entry, "queue_id": f"Q{n}"} for n in range(30)])
+    store.apply("gw.example", {}, [{**entry, "queue_id": f"Q{n}"} for n in range(30)])
     store.prune(keep=10)
     total, entries = store.messages(limit=100, offset=0)
     assert total == 10 and entries[0]["queue_id"] == "Q29" and entries[-1]["queue_id"] == "Q20"

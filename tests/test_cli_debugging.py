@@ -13,13 +13,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from mmgate.mailman.embedded import free_port
 from tests.harness import wait_for_port
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mmgate.mailman.embedded import free_port as free_port
 
 _CODE = re.compile(r"^(?:mail|rcpt)-(\d{3})@")
 _TEXT = {
@@ -32,12 +33,6 @@ _TEXT = {
     553: "5.1.8 Sender refused",
     554: "5.7.1 Refused",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ScriptedHandler:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hmac
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from mmgate.mailman.backend import MailmanBackend
 from mmgate.mailman.routing import Snapshot
 from mmgate.relay.policy import RelayPolicy
 from mmgate.router import Router
-from mmgate.store import PausedLists, Store
+from mmgate.store import HEARTBEAT_FRESH, PausedLists, Store
 
 
 @dataclass
@@ -33,6 +34,9 @@ class ApiSettings:
     stale_after: float = STALE_AFTER
     #: seconds a Mailman snapshot is reused before it is read again
     snapshot_ttl: float = 2.0
+    #: the SMTP side this API stands beside, by the host name it records
+    #: under; None: any gateway sharing the store
+    gateway: str | None = None
 
     @classmethod
     def from_environment(cls) -> ApiSettings:
@@ -57,6 +61,7 @@ class ApiSettings:
             policy=gateway.policy,
             upstream=gateway.upstream,
             stale_after=gateway.stale_after,
+            gateway=gateway.session.hostname or socket.getfqdn(),
         )
 
 
@@ -175,10 +180,28 @@ class Resources:
         except falcon.HTTPServiceUnavailable as exc:
             out["mailman"] = {"ok": False, "error": exc.description}
         try:
-            beat = self.store.control_value("smtp_heartbeat")
+            each = self.store.gateways()
             out["store"] = {"ok": True}
-            age = None if beat is None else time.time() - beat
-            out["smtp"] = {"up": age is not None and age < 5.0, "heartbeat_age": age}
+            mine = self.settings.gateway
+            ages = [
+                g["heartbeat_age"]
+                for name, g in each.items()
+                if g["heartbeat_age"] is not None and (mine is None or name == mine)
+            ]
+            age = min(ages) if ages else None
+            out["smtp"] = {
+                "up": age is not None and age < HEARTBEAT_FRESH,
+                "heartbeat_age": age,
+                "gateway": mine,
+            }
+            out["gateways"] = {
+                name: {
+                    "up": g["heartbeat_age"] is not None and g["heartbeat_age"] < HEARTBEAT_FRESH,
+                    "heartbeat_age": g["heartbeat_age"],
+                }
+                for name, g in each.items()
+                if name
+            }
         except Exception as exc:
             out["store"] = {"ok": False, "error": str(exc)}
             out["smtp"] = {"up": None}

@@ -81,6 +81,7 @@ def spec() -> dict[str, Any]:
             "mailman": {"type": "object"},
             "store": {"type": "object"},
             "smtp": {"type": "object"},
+            "gateways": {"type": "object", "additionalProperties": {"type": "object"}},
         },
     }
     health = {
@@ -168,7 +169,7 @@ def spec() -> dict[str, Any]:
             },
             "/v1/stats": {
                 "get": _op(
-                    "counters since start and totals",
+                    "counters since start and totals: all gateways sharing the store, and each",
                     {
                         "type": "object",
                         "required": ["since_start", "total"],
@@ -176,6 +177,18 @@ def spec() -> dict[str, Any]:
                             "since_start": counters,
                             "total": counters,
                             "started_at": nullable_number,
+                            "gateways": {
+                                "type": "object",
+                                "additionalProperties": {
+                                    "type": "object",
+                                    "properties": {
+                                        "since_start": counters,
+                                        "total": counters,
+                                        "started_at": nullable_number,
+                                        "heartbeat_age": nullable_number,
+                                    },
+                                },
+                            },
                         },
                     },
                 )

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmgate.mailman.embedded import FAST_RUNNERS, ensure_home
+from mmgate.mailman.embedded import FAST_RUNNERS, ensure_home, free_port
 from mmgate.mailman.local import LocalMailman
 
 #: The lab needs no REST API (its gunicorn would also leave a control socket
@@ -33,12 +33,6 @@ LAB_RUNNERS = "\n[runner.rest]\nstart: no\n\n[runner.nntp]\nstart: no\n"
 
 class LabError(Exception):
     """The lab could not be set up; the text says what failed, in one line."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Lab:
