@@ -9,7 +9,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.harness import wait_for_port
 
@@ -19,25 +21,41 @@ def available() -> bool:
 
 
 class HAProxy:
-    """``frontend`` on 127.0.0.1:``port`` to one ``server`` line per backend."""
+    """``frontend`` on ``bind``:``port`` to one ``server`` line per backend,
+    after the ``backend`` lines given; ``prefix`` runs it inside a network
+    namespace, where ``ready`` says when it listens."""
 
-    def __init__(self, port: int, servers: list[str]) -> None:
+    def __init__(
+        self,
+        port: int,
+        servers: list[str],
+        *,
+        bind: str = "127.0.0.1",
+        backend: Sequence[str] = (),
+        global_: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+        ready: Callable[[subprocess.Popen[Any]], None] | None = None,
+    ) -> None:
         self.port = port
+        self.prefix = list(prefix)
+        self.ready = ready
         self.dir = Path(tempfile.mkdtemp(prefix="mmgate-haproxy-"))
         self.config = self.dir / "haproxy.cfg"
         lines = [
             "global",
             "    maxconn 256",
+            *(f"    {line}" for line in global_),
             "defaults",
             "    mode tcp",
             "    timeout connect 5s",
             "    timeout client 60s",
             "    timeout server 60s",
             "frontend smtp",
-            f"    bind 127.0.0.1:{port}",
+            f"    bind {bind}:{port}",
             "    default_backend gateways",
             "backend gateways",
             "    balance leastconn",
+            *(f"    {line}" for line in backend),
             *(f"    server {line}" for line in servers),
         ]
         self.config.write_text("\n".join(lines) + "\n")
@@ -49,12 +67,15 @@ class HAProxy:
         )
         assert check.returncode == 0, check.stdout + check.stderr
         self.proc = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(self.config)],
+            [*self.prefix, "haproxy", "-db", "-f", str(self.config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, self.proc, "HAProxy")
+        if self.ready is not None:
+            self.ready(self.proc)
+        else:
+            wait_for_port(self.port, self.proc, "HAProxy")
         return self
 
     def stop(self) -> None:

@@ -34,9 +34,12 @@ from tests.mailman_env import MailmanEnv
 from tests.postfix import Postfix, available
 from tests.upstream import free_port
 
-pytestmark = pytest.mark.skipif(
-    not available(), reason="needs Debian's postfix and root (tests/install_packages.sh)"
-)
+pytestmark = [
+    pytest.mark.servers,
+    pytest.mark.skipif(
+        not available(), reason="needs Debian's postfix and root (tests/install_packages.sh)"
+    ),
+]
 
 REFRESH = 0.5
 POST = (

@@ -113,6 +113,7 @@ def test_the_per_client_cap_counts_real_clients():
             assert again.recv(1024).startswith(b"421 ")
 
 
+@pytest.mark.servers
 @pytest.mark.skipif(not available(), reason="needs Debian's haproxy (tests/install_packages.sh)")
 def test_through_a_real_haproxy_the_real_client_drives_relay_control():
     """HAProxy (send-proxy-v2, health checks) in front of a PureProxy that

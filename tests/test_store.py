@@ -29,6 +29,8 @@ from sqlalchemy import (
 
 from mmgate.store import Recorder, Store
 
+pytestmark = pytest.mark.servers
+
 _names = itertools.count()
 
 
