@@ -30,7 +30,7 @@ from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
 from mmgate.smtp.framing import ChunkReceived, ChunkSkipped, MessageChunk, MessageData
 from mmgate.smtp.limits import DATA_SIZE_DEFAULT, Limits
 from mmgate.smtp.replies import Reply
-from mmgate.smtp.session import Session, SessionConfig, printable
+from mmgate.smtp.session import Session, printable
 from mmgate.smtp.state import Phase
 from mmgate.spoolfile import Spooled, SpoolFile
 
@@ -71,6 +71,43 @@ class SMTPChannel(asyncio.Protocol):
     #: RFC 2033 LMTP instead of SMTP (see :mod:`mmgate.lmtp`)
     lmtp = False
 
+    # Slots: an idle session is mostly this object, and a dict of some
+    # thirty attributes would be most of it. ``__dict__`` stays, made only
+    # when a subclass or a plugin sets an attribute of its own.
+    __slots__ = (
+        "__dict__",
+        "_batching",
+        "_busy",
+        "_closing",
+        "_data_octets",
+        "_data_since",
+        "_decode_data",
+        "_delivering",
+        "_forwarded",
+        "_gone",
+        "_last_activity",
+        "_line",
+        "_loop",
+        "_notes",
+        "_partial_since",
+        "_reserved",
+        "_spool",
+        "_spool_failed",
+        "_transport",
+        "_txn",
+        "_write_paused",
+        "addr",
+        "conn",
+        "enable_SMTPUTF8",
+        "fqdn",
+        "last_message",
+        "peer",
+        "received_data",
+        "session",
+        "smtp_server",
+        "tls_info",
+    )
+
     seen_greeting = _delegate("seen_greeting", "The name the client gave in HELO/EHLO.")
     extended_smtp = _delegate("extended_smtp", "True after EHLO.")
     mailfrom = _delegate("mailfrom", "The envelope sender of the open transaction.")
@@ -102,7 +139,7 @@ class SMTPChannel(asyncio.Protocol):
         if limits.message_size != (data_size_limit or None):
             limits = dataclasses.replace(limits, message_size=data_size_limit or None)
         self.session = Session(
-            SessionConfig(
+            server.session_config(
                 limits=limits,
                 bare_lines=server.bare_lines,
                 smtputf8=enable_SMTPUTF8,
@@ -118,15 +155,14 @@ class SMTPChannel(asyncio.Protocol):
         self._spool: SpoolFile | None = None  # the message arriving, on disk
         self._spool_failed = False
         self._delivering: SpoolFile | None = None  # the message being delivered
-        #: plugins' notes for the whole connection, and for the transaction
-        self.notes: dict[str, Any] = {}
-        self.txn: dict[str, Any] = {}
-        #: XFORWARD attributes for the next transaction (see mmgate.smtp.xforward)
-        self.forwarded: dict[str, str] = {}
+        # plugins' notes and XFORWARD's attributes: made when first used
+        self._notes: dict[str, Any] | None = None
+        self._txn: dict[str, Any] | None = None
+        self._forwarded: dict[str, str] | None = None
         #: the TLS in force, in Postfix's words (None: plaintext)
         self.tls_info: str | None = None
         self._gone = False
-        self.received_lines: list[str] = []
+        self._line: str | None = None
         self.received_data: str | bytes = ""
         #: The framer's account of the last message (size, long lines, bare
         #: line endings), for process_message code that reports on them.
@@ -138,11 +174,53 @@ class SMTPChannel(asyncio.Protocol):
         self._write_paused = False
         self._closing = False
         self._transport: asyncio.Transport | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_activity = 0.0
         self._partial_since: float | None = None  # a command line is arriving
         self._data_since: float | None = None  # message text is arriving (DATA)
         self._data_octets = 0
+
+    @property
+    def received_lines(self) -> list[str]:
+        """smtpd's lines of the command being handled: here the one line."""
+        return [] if self._line is None else [self._line]
+
+    @received_lines.setter
+    def received_lines(self, lines: list[str]) -> None:
+        self._line = lines[-1] if lines else None
+
+    @property
+    def notes(self) -> dict[str, Any]:
+        """Plugins' notes for the whole connection."""
+        if self._notes is None:
+            self._notes = {}
+        return self._notes
+
+    @notes.setter
+    def notes(self, value: dict[str, Any]) -> None:
+        self._notes = value
+
+    @property
+    def txn(self) -> dict[str, Any]:
+        """Plugins' notes for the transaction; emptied when it ends."""
+        if self._txn is None:
+            self._txn = {}
+        return self._txn
+
+    @txn.setter
+    def txn(self, value: dict[str, Any]) -> None:
+        self._txn = value
+
+    @property
+    def forwarded(self) -> dict[str, str]:
+        """XFORWARD attributes for the next transaction (see mmgate.smtp.xforward)."""
+        if self._forwarded is None:
+            self._forwarded = {}
+        return self._forwarded
+
+    @forwarded.setter
+    def forwarded(self, value: dict[str, str]) -> None:
+        self._forwarded = value
 
     # -- smtpd's variables that the session holds -------------------------------
     @property
@@ -167,7 +245,7 @@ class SMTPChannel(asyncio.Protocol):
         """The client's address, as relay control, plugins and the journal
         judge it: the connecting host's, or the one a trusted MTA in front
         named with XFORWARD for this transaction."""
-        return self.forwarded.get("ADDR") or self.peer_ip
+        return (self._forwarded and self._forwarded.get("ADDR")) or self.peer_ip
 
     @property
     def peer_ip(self) -> str:
@@ -177,7 +255,7 @@ class SMTPChannel(asyncio.Protocol):
     @property
     def client_helo(self) -> str:
         """The client's HELO name (XFORWARD's, if a trusted MTA gave one)."""
-        return self.forwarded.get("HELO") or self.seen_greeting
+        return (self._forwarded and self._forwarded.get("HELO")) or self.seen_greeting
 
     # -- transport events ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,9 +268,8 @@ class SMTPChannel(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Nagle would hold the greeting and every reply for up to 40 ms.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
-        self._arm_idle_timer(loop)
         self.smtp_server._channel_opened(self)
         hooks = self.smtp_server.hooks
         if hooks.has("connect"):
@@ -216,9 +293,6 @@ class SMTPChannel(asyncio.Protocol):
         if self._gone:
             return  # said already (a failed TLS handshake)
         self._gone = True
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
         self._transport = None
         if not self._busy:
             self._reset_transaction()  # a message in processing ends on its own
@@ -228,7 +302,8 @@ class SMTPChannel(asyncio.Protocol):
             self._background(hooks.run("disconnect", self))
 
     def data_received(self, data: bytes) -> None:
-        now = self._last_activity = asyncio.get_running_loop().time()
+        loop = self._loop or asyncio.get_running_loop()
+        now = self._last_activity = loop.time()
         if self._data_since is not None:
             self._data_octets += len(data)
         elif self._partial_since is None:
@@ -239,12 +314,17 @@ class SMTPChannel(asyncio.Protocol):
             self._partial_since = None  # every line that came is complete
 
     def check_pace(self, now: float) -> None:
-        """The server's sweep: a command line too slow to arrive, or message
-        text below the minimum rate, ends the session (421 4.4.2)."""
+        """The server's sweep: a session idle too long, a command line too
+        slow to arrive, or message text below the minimum rate ends the
+        session (421 4.4.2). One sweep for all sessions, not a timer each:
+        an idle session then holds no timer at all."""
         if self._transport is None or self._closing or self._busy:
             return
         server = self.smtp_server
-        if self._data_since is not None:
+        if server.idle_timeout and now - self._last_activity > server.idle_timeout:
+            log.info("%s: idle timeout", self._peer_text)
+            self._give_up(replies.TIMEOUT)
+        elif self._data_since is not None:
             elapsed = now - self._data_since
             if (
                 server.min_data_rate
@@ -331,7 +411,7 @@ class SMTPChannel(asyncio.Protocol):
             self._flush()
 
     def _on_command(self, command: Command) -> None:
-        self.received_lines = [command.line]
+        self._line = command.line
         verb = command.verb
         method = getattr(self, "smtp_" + verb, None) if verb.isascii() else None
         if method is None or not self.offers(verb):
@@ -383,12 +463,12 @@ class SMTPChannel(asyncio.Protocol):
         """Called whenever the transaction state is cleared: after a message,
         on RSET and HELO/EHLO, and when the client leaves; must be idempotent.
         Runs the ``reset`` hooks and clears the transaction's notes."""
-        if self.txn:
+        if self._txn:
             hooks = self.smtp_server.hooks
             if hooks.has("reset"):
                 self._background(hooks.run("reset", self))
-            self.txn = {}
-        self.forwarded = {}  # XFORWARD holds for one transaction
+        self._txn = None
+        self._forwarded = None  # XFORWARD holds for one transaction
 
     def wait_for(self, work: Awaitable[None]) -> None:
         """Hold this session until ``work`` is done, then read on.
@@ -572,22 +652,6 @@ class SMTPChannel(asyncio.Protocol):
         self.push(reply)
 
     # -- timers and shutdown ---------------------------------------------
-    def _arm_idle_timer(self, loop: asyncio.AbstractEventLoop) -> None:
-        timeout = self.smtp_server.idle_timeout
-        if timeout:
-            self._idle_handle = loop.call_at(self._last_activity + timeout, self._on_idle)
-
-    def _on_idle(self) -> None:
-        self._idle_handle = None
-        if self._transport is None or self._closing:
-            return
-        loop = asyncio.get_running_loop()
-        if self._busy or loop.time() < self._last_activity + self.smtp_server.idle_timeout:
-            self._arm_idle_timer(loop)  # activity since the timer was set
-            return
-        log.info("%s: idle timeout", self._peer_text)
-        self._give_up(replies.TIMEOUT)
-
     @property
     def in_transaction(self) -> bool:
         """True while a mail transaction is open or its message is processed."""

@@ -48,6 +48,7 @@ from mmgate.smtp.limits import (
     Limits,
 )
 from mmgate.smtp.replies import Reply
+from mmgate.smtp.session import SessionConfig
 from mmgate.spoolfile import MemoryPool, Spooled, map_large_blocks
 
 log = logging.getLogger("mmgate.smtp")
@@ -307,6 +308,7 @@ class SMTPServer:
         self.min_data_rate = min_data_rate
         self.data_rate_grace = data_rate_grace
         self._sweeper: asyncio.Task[None] | None = None
+        self._session_configs: dict[tuple[tuple[str, Any], ...], SessionConfig] = {}
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.max_bad_commands = max_bad_commands
@@ -570,19 +572,31 @@ class SMTPServer:
                         ssl_handshake_timeout=TLS_HANDSHAKE if context else None,
                     )
                 )
-            if self.command_timeout or self.min_data_rate:
-                self._sweeper = loop.create_task(self._sweep())
+            self._sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Once a second: end sessions whose command line has been arriving
-        for longer than ``command_timeout``, or whose message text averages
-        less than ``min_data_rate`` after ``data_rate_grace`` (421 4.4.2)."""
+        """Once a second (more often for a timeout under two seconds): end
+        sessions idle for ``idle_timeout``, whose command line has been
+        arriving for longer than ``command_timeout``, or whose message text
+        averages less than ``min_data_rate`` after ``data_rate_grace``
+        (421 4.4.2). The settings are read each time: a reload changes them."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(1.0)
+            timeouts = [t for t in (self.idle_timeout, self.command_timeout) if t]
+            await asyncio.sleep(min([1.0, *(t / 2 for t in timeouts)]))
             now = loop.time()
             for channel in list(self._channels):
                 channel.check_pace(now)
+
+    def session_config(self, **values: Any) -> SessionConfig:
+        """One frozen SessionConfig shared by every session with the same
+        values, rather than one per connection."""
+        config = self._session_configs.get(values_key := tuple(values.items()))
+        if config is None:
+            if len(self._session_configs) > 64:  # settings reloaded many times
+                self._session_configs.clear()
+            config = self._session_configs[values_key] = SessionConfig(**values)
+        return config
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop gracefully: no new connections; 421 to idle sessions; let

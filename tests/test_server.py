@@ -144,6 +144,36 @@ def test_subclass_adds_a_command_and_sockets_have_nodelay():
         assert c.cmd("XNODELAY") == (250, "2.0.0 nodelay=1 peer=127.0.0.1 greeting=client.example")
 
 
+class _KeepsItsOwnState(SMTPChannel):
+    """An smtpd-style subclass: attributes of its own, set in __init__."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = 0
+
+    def smtp_XSEEN(self, arg):
+        self.seen += 1
+        self.notes.setdefault("args", []).append(arg)
+        self.push(f"250 2.0.0 seen={self.seen} lines={self.received_lines} notes={self.notes}")
+
+
+class _StatefulServer(Recorder):
+    channel_class = _KeepsItsOwnState
+
+
+def test_a_channel_subclass_keeps_attributes_of_its_own_and_sees_smtpds_received_lines():
+    with serving(_StatefulServer(("127.0.0.1", 0), None)) as address, RawClient(address) as c:
+        c.reply()
+        assert c.cmd("XSEEN one") == (
+            250,
+            "2.0.0 seen=1 lines=['XSEEN one'] notes={'args': ['one']}",
+        )
+        assert c.cmd("XSEEN two") == (
+            250,
+            "2.0.0 seen=2 lines=['XSEEN two'] notes={'args': ['one', 'two']}",
+        )
+
+
 def test_pipelined_batch_is_answered_in_order_in_one_write():
     with serving(_CustomServer(("127.0.0.1", 0), None)) as address, RawClient(address) as c:
         c.reply()

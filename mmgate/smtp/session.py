@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from mmgate.smtp import paths, replies, state, xtext
 from mmgate.smtp.errors import ProtocolError
@@ -138,6 +139,27 @@ class SessionConfig:
     chunking: bool = True
 
 
+class _MadeOnUse:
+    """A transaction's list (``rcpttos``, ``mail_options`` ...), made when
+    first used: an idle session holds none. The list lives in the slot of
+    the same name with a leading underscore."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, session: Any, owner: type | None = None) -> Any:
+        if session is None:
+            return self
+        value = getattr(session, self.slot)
+        if value is None:
+            value = []
+            setattr(session, self.slot, value)
+        return value
+
+    def __set__(self, session: Any, value: list[Any]) -> None:
+        setattr(session, self.slot, value)
+
+
 class Session:
     """One SMTP session's protocol state: phase, envelope, framing, output.
 
@@ -146,6 +168,32 @@ class Session:
     objects as smtpd's instance variables.
     """
 
+    # Slots: one Session per connection, idle ones included.
+    __slots__ = (
+        "__dict__",
+        "_mail_options",
+        "_out",
+        "_rcpt_options",
+        "_rcpttos",
+        "_recipients",
+        "closing",
+        "config",
+        "errors",
+        "extended_smtp",
+        "framer",
+        "mail_from",
+        "mailfrom",
+        "phase",
+        "require_SMTPUTF8",
+        "seen_greeting",
+        "tls",
+    )
+
+    mail_options: list[str] = _MadeOnUse()  # type: ignore[assignment]
+    rcpttos: list[str] = _MadeOnUse()  # type: ignore[assignment]
+    rcpt_options: list[str] = _MadeOnUse()  # type: ignore[assignment]
+    recipients: list[RcptTo] = _MadeOnUse()  # type: ignore[assignment]
+
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config = config or SessionConfig()
         self.framer = Framer(config.limits, config.bare_lines, config.chunk_size)
@@ -153,11 +201,11 @@ class Session:
         self.seen_greeting = ""
         self.extended_smtp = False
         self.mailfrom: str | None = None
-        self.mail_options: list[str] = []
         self.mail_from: MailFrom | None = None
-        self.rcpttos: list[str] = []
-        self.rcpt_options: list[str] = []
-        self.recipients: list[RcptTo] = []
+        self._mail_options: list[str] | None = None
+        self._rcpttos: list[str] | None = None
+        self._rcpt_options: list[str] | None = None
+        self._recipients: list[RcptTo] | None = None
         self.require_SMTPUTF8 = False
         #: refusals (4xx and 5xx) since the last accepted message
         self.errors = 0
@@ -165,7 +213,7 @@ class Session:
         self.closing = False
         #: TLS is in force (STARTTLS done, or an implicit-TLS listener)
         self.tls = False
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None
 
     # -- configuration -----------------------------------------------------
     @property
@@ -488,10 +536,8 @@ class Session:
     def clear_transaction(self) -> None:
         self.mail_from = None
         self.mailfrom = None
-        self.mail_options = []
-        self.rcpttos = []
-        self.rcpt_options = []
-        self.recipients = []
+        self._mail_options = self._rcpttos = self._rcpt_options = None
+        self._recipients = None
         self.require_SMTPUTF8 = False
 
     @property
@@ -505,11 +551,15 @@ class Session:
         if self.closing:
             return  # 421 was the last word
         if isinstance(reply, Reply):
-            self._out.append(reply.wire)
+            wire = reply.wire
             refused = reply.code >= 400
         else:
-            self._out.append(replies.encode_text(reply))
+            wire = replies.encode_text(reply)
             refused = reply[:1] in ("4", "5")
+        if self._out is None:
+            self._out = [wire]
+        else:
+            self._out.append(wire)
         if refused:
             # Postfix's smtpd_hard_error_limit: every refusal counts (a
             # refused RCPT too) until a message is accepted, so probing
@@ -521,13 +571,15 @@ class Session:
     def close(self, reply: Reply) -> None:
         """Say ``reply`` (a 421) as the session's last word."""
         if not self.closing:
-            self._out.append(reply.to_bytes())
+            self._out = [*(self._out or ()), reply.to_bytes()]
             self.closing = True
 
     def data_to_send(self) -> bytes:
         """Everything queued since the last call, to be written at once
         (RFC 2920: the replies of a pipelined batch leave together)."""
-        out, self._out = self._out, []
+        out, self._out = self._out, None
+        if not out:
+            return b""
         return out[0] if len(out) == 1 else b"".join(out)
 
     @property
