@@ -308,9 +308,10 @@ class SMTPChannel(asyncio.Protocol):
             self._data_octets += len(data)
         elif self._partial_since is None:
             self._partial_since = now  # a command line begins
-        self.session.receive_data(data)
+        framer = self.session.framer
+        framer.receive_data(data)
         self._process()
-        if self._data_since is None and not self.session.framer.buffered:
+        if self._data_since is None and not framer.buffered:
             self._partial_since = None  # every line that came is complete
 
     def check_pace(self, now: float) -> None:
@@ -567,19 +568,30 @@ class SMTPChannel(asyncio.Protocol):
             source = Spooled(b"", spool)
         # The flags and size only: holding the data would keep every
         # connection's last message in memory until its next one.
-        self.last_message = dataclasses.replace(event, data=b"")
+        self.last_message = MessageData(
+            b"",
+            event.size,
+            event.error,
+            event.bare_line_endings,
+            event.long_lines,
+            event.chunked,
+            event.raw,
+        )
         self._busy = True
         assert self.mailfrom is not None
         hooks = server.hooks
+        outcome: asyncio.Future[Reply | str] | Reply | str
         if hooks.on_message:
-            outcome: asyncio.Future[Reply | str] = asyncio.ensure_future(
-                self._through_hooks(event, source)
-            )
+            outcome = asyncio.ensure_future(self._through_hooks(event, source))
         else:
             data = self._smtpd_data(source)
             outcome = server._dispatch_message(
                 self, self.peer, self.mailfrom, list(self.rcpttos), data, event
             )
+            if not isinstance(outcome, asyncio.Future):  # answered inline, as smtpd did
+                self._busy = False
+                self._end_transaction(outcome)
+                return
         outcome.add_done_callback(self._on_processed)
         if not outcome.done() and self._transport is not None:
             self._transport.pause_reading()
@@ -621,7 +633,7 @@ class SMTPChannel(asyncio.Protocol):
                 continue
             if outcome.refused or name == "queue":
                 return outcome.reply or replies.MESSAGE_ACCEPTED
-        return await self.smtp_server._dispatch_message(
+        verdict = self.smtp_server._dispatch_message(
             self,
             self.peer,
             message.mail_from,
@@ -629,6 +641,7 @@ class SMTPChannel(asyncio.Protocol):
             self._smtpd_data(message.source),
             event,
         )
+        return await verdict if isinstance(verdict, asyncio.Future) else verdict
 
     def _on_processed(self, outcome: asyncio.Future[Reply | str]) -> None:
         self._busy = False

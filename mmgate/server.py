@@ -424,10 +424,11 @@ class SMTPServer:
         rcpttos: list[str],
         data: bytes | str | Spooled,
         event: MessageData,
-    ) -> asyncio.Future[Reply | str]:
-        loop = asyncio.get_running_loop()
+    ) -> asyncio.Future[Reply | str] | Reply | str:
+        """process_message's verdict: at once for a plain ``def`` called
+        inline (smtpd's way), else a future of it."""
         if self._pm_is_async or self.sync_process_message == "thread":
-            return loop.create_task(
+            return asyncio.get_running_loop().create_task(
                 self._run_process_message(channel, peer, mailfrom, rcpttos, data)
             )
         # smtpd's way: on this thread, one call at a time, in order.
@@ -440,11 +441,11 @@ class SMTPServer:
             result = _failed(peer)
         finally:
             current_channel.reset(token)
+        if result is None or isinstance(result, Reply | str):
+            return self._as_reply(result, peer)
         if inspect.isawaitable(result):  # a plain def that hands back a coroutine
-            return loop.create_task(self._finish(result, peer))
-        done: asyncio.Future[Reply | str] = loop.create_future()
-        done.set_result(self._as_reply(result, peer))
-        return done
+            return asyncio.get_running_loop().create_task(self._finish(result, peer))
+        return self._as_reply(result, peer)
 
     def _options(self, channel: SMTPChannel) -> dict[str, Any]:
         if not self._pm_options:

@@ -190,6 +190,12 @@ class Framer:
         """Bytes held now; bounded by the limits whatever the peer sends."""
         return len(self._buf)
 
+    @property
+    def waiting(self) -> bool:
+        """Nothing to frame until more bytes come: no buffered octets and
+        reading command lines (a BDAT chunk of size 0 needs none)."""
+        return not self._buf and self._mode is _Mode.COMMAND
+
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 

@@ -260,6 +260,8 @@ class Session:
         """
         framer = self.framer
         while self.phase is not Phase.RECEIVED and not self.closing:
+            if framer.waiting:
+                return None
             event = framer.next_event()
             if event is None:
                 return None

@@ -16,6 +16,10 @@ from mmgate.smtp.replies import Reply
 
 
 class Phase(Enum):
+    # Members are singletons: hash them by identity, in C. Enum's own
+    # __hash__ is a Python function, and the state tables ask at every command.
+    __hash__ = object.__hash__
+
     #: RFC 5321 4.1.4: the server greeted; the client has not sent HELO/EHLO.
     CONNECTED = "connected"
     #: HELO/EHLO accepted; no mail transaction (RFC 5321 3.3) is open.
@@ -36,6 +40,10 @@ class Phase(Enum):
 
 class Step(Enum):
     """The successful outcomes that move a session."""
+
+    # Members are singletons: hash them by identity, in C. Enum's own
+    # __hash__ is a Python function, and the state tables ask at every command.
+    __hash__ = object.__hash__
 
     GREET = "greet"  #: HELO or EHLO accepted (a second one resets, 4.1.4)
     MAIL = "mail"
