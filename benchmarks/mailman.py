@@ -12,6 +12,7 @@ disk. Both servers run alone in child processes, as they are shipped
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -94,6 +95,7 @@ def measure(
 def bench_home() -> tuple[Path, Path, int, int, Path]:
     """A fresh Mailman home with one list: (var, config, LMTP port, SMTP port, in queue)."""
     var = Path(tempfile.mkdtemp(prefix="mmgate-bench-"))
+    atexit.register(shutil.rmtree, var, True)  # also when a round fails
     lmtp_port, smtp_port = free_port(), free_port()
     cfg = ensure_home(var, lmtp_port=lmtp_port, smtp_port=smtp_port, rest_port=free_port())
     mailman = LocalMailman(cfg)
@@ -167,7 +169,6 @@ def main() -> int:
         f"per batch), {rates['file'] / lmtp:.2f}x with an fsync per file as Mailman does "
         "(goal >= 5x)"
     )
-    shutil.rmtree(var, ignore_errors=True)
     return 0
 
 

@@ -20,7 +20,6 @@ Traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -165,7 +164,6 @@ def main() -> int:
         f"{ours['after']:.1f} MiB left afterwards (goal < {size / MIB:.0f}; the LMTP runner: "
         f"{peer['after']:.1f})"
     )
-    shutil.rmtree(var, ignore_errors=True)
     return 0
 
 

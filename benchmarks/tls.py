@@ -20,8 +20,10 @@ Goal: mmgate at least 2x aiosmtpd on both. Traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -118,6 +120,7 @@ def main() -> int:
     quick = "--quick" in sys.argv
     small, large, repeat = (400, 8, 2) if quick else (3000, 40, 3)
     directory = Path(tempfile.mkdtemp(prefix="mmgate-tls-bench-"))
+    atexit.register(shutil.rmtree, directory, True)
     cert, key = tls.ensure_self_signed(directory, "bench.example")
     os.environ["MMGATE_BENCH_TLS"] = f"{cert}:{key}"
     print(
