@@ -97,7 +97,36 @@ def main() -> int:
             f"10 MiB {r['large'] / ceiling['large']:.2f}x the ceiling "
             f"({r['large'] / aiosmtpd['large']:.2f}x aiosmtpd)"
         )
+    print()
+    for line in goals(results["mmgate smtpd-style, inline"], ceiling):
+        print(line)
     return 0
+
+
+def goals(ours: dict[str, float], ceiling: dict[str, float]) -> list[str]:
+    """The smtpd-style sink as shipped (inline) against its goals, each
+    said met or not."""
+    rss_bound = 2 * ceiling["peak_rss"] + 4 * 10  # plus one 10 MiB message per connection
+    checks = [
+        (
+            "1 KiB: >= 0.5x the ceiling, spread < 15%",
+            f"{ours['small'] / ceiling['small']:.2f}x, spread {ours['small_spread']:.0%}",
+            ours["small"] >= 0.5 * ceiling["small"] and ours["small_spread"] < 0.15,
+        ),
+        (
+            "10 MiB: >= 0.7x the ceiling's MB/s",
+            f"{ours['large'] / ceiling['large']:.2f}x",
+            ours["large"] >= 0.7 * ceiling["large"],
+        ),
+        (
+            f"peak RSS <= 2x the ceiling's + 4 x 10 MiB ({rss_bound:.1f} MiB)",
+            f"{ours['peak_rss']:.1f} MiB",
+            ours["peak_rss"] <= rss_bound,
+        ),
+        ("<= 2 KiB per idle connection", f"{ours['idle']:.2f} KiB", ours["idle"] <= 2.0),
+        ("first EHLO reply < 1 ms", f"{ours['ehlo']:.3f} ms", ours["ehlo"] < 1.0),
+    ]
+    return [f"goal {goal:<58} {got:>18}   {'met' if ok else 'NOT met'}" for goal, got, ok in checks]
 
 
 if __name__ == "__main__":
