@@ -441,7 +441,7 @@ class SMTPChannel(asyncio.Protocol):
     def _after(self, result: HookResult, then: Callable[[Outcome | None], None]) -> None:
         """Continue with ``then`` once the hooks have spoken; an async hook
         holds the session (later pipelined commands wait, RFC 2920)."""
-        if inspect.isawaitable(result):
+        if result is not None and type(result) is not Outcome and inspect.isawaitable(result):
             self.wait_for(self._finish_hooks(result, then))
         else:
             then(result)

@@ -247,7 +247,7 @@ class HookChain:
                 result = hook.fn(ctx, *args)
             except Exception:
                 return self._failed(hook)
-            if inspect.isawaitable(result):
+            if result is not None and type(result) is not Outcome and inspect.isawaitable(result):
                 return self._await_from(result, hook, hooks, i, ctx, args, accepted)
             outcome = self._checked(hook, result)
             if outcome is None:

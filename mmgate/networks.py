@@ -7,6 +7,7 @@ dual-stack sockets report IPv4 clients) and ignore a zone suffix.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -26,9 +27,11 @@ ALL_NETWORKS: tuple[Network, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def client_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The client's address as an address: an IPv4-mapped IPv6 one unwrapped,
-    a zone dropped; None for what is not an address."""
+    a zone dropped; None for what is not an address. Cached: the same
+    clients are asked about at every command, and parsing is Python."""
     try:
         address = ipaddress.ip_address(host.split("%")[0])
     except ValueError:

@@ -8,6 +8,7 @@ on relay. The "with" keyword is from the RFC 3848 registry.
 from __future__ import annotations
 
 import secrets
+import time
 from email.utils import format_datetime, localtime
 
 from mmgate._version import __version__
@@ -26,6 +27,19 @@ def protocol_keyword(*, extended: bool, smtputf8: bool, tls: bool = False) -> st
     if extended:
         return "ESMTPS" if tls else "ESMTP"
     return "SMTP"
+
+
+_date: tuple[int, str] = (0, "")
+
+
+def _now() -> str:
+    """The RFC 5322 date of this second, in local time: made once a
+    second, not once a message (email.utils builds it in Python)."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, format_datetime(localtime()))
+    return _date[1]
 
 
 def received_header(
@@ -51,7 +65,7 @@ def received_header(
     lines.append(f"\tby {by} (mmgate {__version__}) with {protocol} id {message_id}")
     if recipient is not None:
         lines.append(f"\tfor <{recipient}>")
-    lines[-1] += f"; {format_datetime(localtime())}"
+    lines[-1] += f"; {_now()}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
