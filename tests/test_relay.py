@@ -3,6 +3,8 @@ it happens, and 250 after DATA only ever means the upstream said 250."""
 
 from __future__ import annotations
 
+import os
+import re
 import smtplib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +14,7 @@ import pytest
 
 from mmgate import PureProxy
 from mmgate.relay.policy import RelayPolicy, parse_domains
+from mmgate.relay.trace import new_id
 from mmgate.relay.upstream import ClientTimeouts
 from tests.harness import RawClient, serving
 from tests.upstream import DroppingUpstream, GreetingRefuser, Upstream, free_port
@@ -300,3 +303,18 @@ def test_sender_specified_routing_is_refused_for_untrusted_clients(address: str)
     with Upstream() as up, proxy(up.address) as (_px, c):  # a trusted client may
         assert c.cmd("MAIL FROM:<a@example.com>")[0] == 250
         assert c.cmd(f"RCPT TO:<{address}>")[0] == 250
+
+
+def test_queue_ids_never_repeat_in_a_process_or_in_a_forked_child():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, then gone
+        os.write(write, " ".join(new_id() for _ in range(2000)).encode())
+        os._exit(0)
+    os.close(write)
+    ours = [new_id() for _ in range(2000)]
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read().split()
+    os.waitpid(pid, 0)
+    assert len(theirs) == 2000 and len(set(ours) | set(theirs)) == 4000
+    assert all(re.fullmatch(r"[0-9A-F]{12}", qid) for qid in ours + theirs)

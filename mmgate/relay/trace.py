@@ -7,6 +7,8 @@ on relay. The "with" keyword is from the RFC 3848 registry.
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import time
 from email.utils import format_datetime, localtime
@@ -14,9 +16,24 @@ from email.utils import format_datetime, localtime
 from mmgate._version import __version__
 
 
+def _reseed() -> None:
+    global _prefix, _serial
+    _prefix = secrets.token_hex(3).upper()
+    _serial = itertools.count(secrets.randbelow(1 << 24))
+
+
+_prefix = ""
+_serial = itertools.count()
+_reseed()
+os.register_at_fork(after_in_child=_reseed)  # a forked child never repeats its parent's
+
+
 def new_id() -> str:
-    """A short unique id for logs and the Received: header's ``id`` clause."""
-    return secrets.token_hex(6).upper()
+    """A short unique id for logs and the Received: header's ``id`` clause:
+    12 hex digits, a random prefix per process and a serial number. Not
+    ``secrets`` per message: that is a getrandom system call each, and the
+    id needs to be unique, not unguessable."""
+    return f"{_prefix}{next(_serial) & 0xFFFFFF:06X}"
 
 
 def protocol_keyword(*, extended: bool, smtputf8: bool, tls: bool = False) -> str:
