@@ -182,7 +182,8 @@ class SMTPChannel(asyncio.Protocol):
 
     @property
     def received_lines(self) -> list[str]:
-        """smtpd's lines of the command being handled: here the one line."""
+        """The line of the command being handled, while its ``smtp_`` method
+        runs; empty between commands, so an idle session keeps no line."""
         return [] if self._line is None else [self._line]
 
     @received_lines.setter
@@ -413,6 +414,12 @@ class SMTPChannel(asyncio.Protocol):
 
     def _on_command(self, command: Command) -> None:
         self._line = command.line
+        try:
+            self._dispatch(command)
+        finally:
+            self._line = None  # as in smtpd, no line is kept between commands
+
+    def _dispatch(self, command: Command) -> None:
         verb = command.verb
         method = getattr(self, "smtp_" + verb, None) if verb.isascii() else None
         if method is None or not self.offers(verb):
