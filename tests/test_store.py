@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import smtplib
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,12 @@ from sqlalchemy import (
     text,
 )
 
+from mmgate.gateway import MailmanProxy
+from mmgate.mailman.embedded import free_port
 from mmgate.store import Recorder, Store
+from tests import postgres
+from tests.harness import serving
+from tests.mailman_env import MailmanEnv
 
 pytestmark = pytest.mark.servers
 
@@ -174,9 +181,6 @@ def test_an_entry_the_store_refuses_is_dropped_alone(postgresql, caplog):
 def test_the_backlog_is_written_when_the_store_comes_back(tmp_path):
     """Mail goes on while PostgreSQL is down; the Recorder keeps what it
     could not write and writes it, once, when the server is back."""
-    from mmgate.mailman.embedded import free_port
-    from tests import postgres
-
     if not postgres.available():
         pytest.skip("Debian's postgresql is not installed (tests/install_packages.sh)")
     server = postgres.PostgreSQL(free_port()).start()
@@ -199,5 +203,41 @@ def test_the_backlog_is_written_when_the_store_comes_back(tmp_path):
             "BEFORE", "DOWN0", "DOWN1", "DOWN2", "DOWN3", "DOWN4",
         ]  # fmt: skip
         assert Store(server.url).stats()["total"] == {"messages_accepted": 5}
+    finally:
+        server.stop()
+
+
+def test_mail_flows_while_postgresql_is_down_and_its_journal_entry_arrives_after(mm: MailmanEnv):
+    if not postgres.available():
+        pytest.skip("Debian's postgresql is not installed (tests/install_packages.sh)")
+    server = postgres.PostgreSQL(free_port()).start()
+    try:
+        gateway = MailmanProxy(
+            ("127.0.0.1", 0),
+            None,
+            mailman=mm.mailman,
+            store=Store(server.url),
+            fqdn="gw-a.example.org",
+        )
+        with serving(gateway) as address:
+            server.stop(keep=True)
+            with smtplib.SMTP(*address) as client:
+                refused = client.sendmail(
+                    "alice@example.org", ["test@example.com"], b"Subject: store down\r\n\r\nx\r\n"
+                )
+            assert refused == {} and len(mm.drain("in")) == 1  # the post is in Mailman
+            recorder = gateway.recorder
+            assert recorder is not None
+            deadline = time.monotonic() + 10
+            while recorder.healthy:  # its next flush finds the store down
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            server.start()
+            deadline = time.monotonic() + 10
+            while not recorder.healthy:
+                assert time.monotonic() < deadline, "the backlog was never written"
+                time.sleep(0.1)
+        _, journal = Store(server.url).messages(limit=10, offset=0)
+        assert [(e["gateway"], e["outcome"]) for e in journal] == [("gw-a.example.org", 250)]
     finally:
         server.stop()
