@@ -213,9 +213,9 @@ def site() -> Iterator[Site]:
     finally:
         if lb is not None:
             lb.stop()
-        net.close()  # the gateways, Mailman's runners, whatever else ran inside
         if pg is not None:
-            pg.stop()
+            pg.stop()  # a clean shutdown, before anything left is killed
+        net.close()  # the gateways, Mailman's runners, whatever else ran inside
         if os.environ.get("MMGATE_KEEP_SCALEOUT"):
             print(f"scale-out logs kept in {site_dir}")
         else:
