@@ -254,6 +254,7 @@ def to(address: str) -> Any:
     return lambda r: any(x["address"] == address for x in r["recipients"])
 
 
+@pytest.mark.one_loop
 def test_lab_round_trip_with_mailmans_runners(tmp_path: Path):
     lab = LabProcess(tmp_path)
     try:

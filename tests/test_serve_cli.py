@@ -22,6 +22,9 @@ from tests.harness import wait_for_port
 from tests.mailman_env import MailmanEnv
 from tests.upstream import Upstream, free_port
 
+# whole `mmgate` commands in subprocesses, seconds each: once, on the default loop
+pytestmark = pytest.mark.one_loop
+
 
 def mmgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
