@@ -126,12 +126,13 @@ def test_a_large_chunked_message_is_spooled_and_arrives_whole(tmp_path):
 
 
 class ChunkingUpstream(ScriptedServer):
-    """Offers CHUNKING and BINARYMIME; keeps every command and BDAT chunk."""
+    """Offers CHUNKING and BINARYMIME; keeps every BDAT chunk."""
+
+    extensions = ("CHUNKING", "BINARYMIME", "8BITMIME")
 
     def __init__(self) -> None:
         super().__init__()
         self.chunks: list[bytes] = []
-        self.commands: list[str] = []
 
     async def on_command(
         self,
@@ -141,14 +142,10 @@ class ChunkingUpstream(ScriptedServer):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
-        self.commands.append(text)
-        if verb == "EHLO":
-            writer.write(b"250-chunks.test\r\n250-CHUNKING\r\n250-BINARYMIME\r\n250 8BITMIME\r\n")
-        elif verb == "BDAT":
-            self.chunks.append(await reader.readexactly(int(arg.split()[0])))
-            writer.write(b"250 2.0.0 ok\r\n")
-        else:
+        if verb != "BDAT":
             return False
+        self.chunks.append(await reader.readexactly(int(arg.split()[0])))
+        writer.write(b"250 2.0.0 ok\r\n")
         return True
 
 

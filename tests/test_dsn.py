@@ -13,11 +13,9 @@ POST = b"From: a@example.org\r\nSubject: dsn\r\n\r\nhi\r\n"
 
 
 class DSNUpstream(ScriptedServer):
-    """Offers DSN and keeps every command line."""
+    """Offers DSN; takes the message after DATA."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
+    extensions = ("DSN", "8BITMIME")
 
     async def on_command(
         self,
@@ -27,16 +25,12 @@ class DSNUpstream(ScriptedServer):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
-        self.lines.append(text)
-        if verb == "EHLO":
-            writer.write(b"250-dsn.test\r\n250-DSN\r\n250 8BITMIME\r\n")
-        elif verb == "DATA":
-            writer.write(b"354 go on\r\n")
-            while (await reader.readline()).rstrip(b"\r\n") != b".":
-                pass
-            writer.write(b"250 2.0.0 queued\r\n")
-        else:
+        if verb != "DATA":
             return False
+        writer.write(b"354 go on\r\n")
+        while (await reader.readline()).rstrip(b"\r\n") != b".":
+            pass
+        writer.write(b"250 2.0.0 queued\r\n")
         return True
 
 
@@ -81,8 +75,8 @@ def test_dsn_parameters_reach_an_upstream_that_offers_dsn():
                 mail_options=["RET=HDRS", "ENVID=id+2B1"],
                 rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;b+40example.org"],
             )
-    mail = next(line for line in upstream.lines if line.startswith("MAIL"))
-    rcpt = next(line for line in upstream.lines if line.startswith("RCPT"))
+    mail = next(line for line in upstream.commands if line.startswith("MAIL"))
+    rcpt = next(line for line in upstream.commands if line.startswith("RCPT"))
     assert mail.endswith(" RET=HDRS ENVID=id+2B1")
     assert rcpt == "RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40example.org"
 

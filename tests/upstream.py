@@ -252,9 +252,15 @@ class DroppingUpstream:
 class ScriptedServer:
     """An upstream whose conversation a test writes, for what aiosmtpd does
     not speak (DSN, CHUNKING): ``session(reader, writer)`` runs once per
-    connection, on an event loop in a thread of its own, on 127.0.0.1."""
+    connection, on an event loop in a thread of its own, on 127.0.0.1.
+    It keeps every command line in ``commands`` and offers ``extensions``
+    in its EHLO reply."""
+
+    #: the EHLO keywords it offers
+    extensions: tuple[str, ...] = ()
 
     def __init__(self) -> None:
+        self.commands: list[str] = []
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -264,13 +270,22 @@ class ScriptedServer:
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Greet, then one command a line: ``on_command`` answers what it
-        knows; QUIT ends the session; anything else is 250."""
+        knows; EHLO names the extensions; QUIT ends the session; anything
+        else is 250."""
         writer.write(self.greeting)
         while line := await reader.readline():
             text = line.decode().rstrip("\r\n")
+            self.commands.append(text)
             verb, _, arg = text.partition(" ")
             verb = verb.upper()
             if await self.on_command(verb, arg, text, reader, writer):
+                continue
+            if verb == "EHLO":
+                lines = ["scripted.test", *self.extensions]
+                writer.write(
+                    "".join(f"250-{x}\r\n" for x in lines[:-1]).encode()
+                    + f"250 {lines[-1]}\r\n".encode()
+                )
                 continue
             if verb == "QUIT":
                 writer.write(b"221 bye\r\n")
