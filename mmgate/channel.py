@@ -23,14 +23,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mmgate import tls
-from mmgate.hooks import HookResult, Message, Outcome, header_fields
+from mmgate.hooks import HookResult, Message, Outcome, header_fields, pending
 from mmgate.smtp import replies, xforward
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
 from mmgate.smtp.framing import ChunkReceived, ChunkSkipped, MessageChunk, MessageData
 from mmgate.smtp.limits import DATA_SIZE_DEFAULT, Limits
 from mmgate.smtp.replies import Reply
-from mmgate.smtp.session import Session, printable
+from mmgate.smtp.session import MadeOnUse, Session, printable
 from mmgate.smtp.state import Phase
 from mmgate.spoolfile import Spooled, SpoolFile
 
@@ -190,38 +190,12 @@ class SMTPChannel(asyncio.Protocol):
     def received_lines(self, lines: list[str]) -> None:
         self._line = lines[-1] if lines else None
 
-    @property
-    def notes(self) -> dict[str, Any]:
-        """Plugins' notes for the whole connection."""
-        if self._notes is None:
-            self._notes = {}
-        return self._notes
-
-    @notes.setter
-    def notes(self, value: dict[str, Any]) -> None:
-        self._notes = value
-
-    @property
-    def txn(self) -> dict[str, Any]:
-        """Plugins' notes for the transaction; emptied when it ends."""
-        if self._txn is None:
-            self._txn = {}
-        return self._txn
-
-    @txn.setter
-    def txn(self, value: dict[str, Any]) -> None:
-        self._txn = value
-
-    @property
-    def forwarded(self) -> dict[str, str]:
-        """XFORWARD attributes for the next transaction (see mmgate.smtp.xforward)."""
-        if self._forwarded is None:
-            self._forwarded = {}
-        return self._forwarded
-
-    @forwarded.setter
-    def forwarded(self, value: dict[str, str]) -> None:
-        self._forwarded = value
+    #: plugins' notes for the whole connection, and for the transaction
+    #: (emptied when it ends); XFORWARD attributes for the next transaction
+    #: (see mmgate.smtp.xforward). Each made when first used.
+    notes: MadeOnUse[dict[str, Any]] = MadeOnUse(dict)
+    txn: MadeOnUse[dict[str, Any]] = MadeOnUse(dict)
+    forwarded: MadeOnUse[dict[str, str]] = MadeOnUse(dict)
 
     # -- smtpd's variables that the session holds -------------------------------
     @property
@@ -448,10 +422,10 @@ class SMTPChannel(asyncio.Protocol):
     def _after(self, result: HookResult, then: Callable[[Outcome | None], None]) -> None:
         """Continue with ``then`` once the hooks have spoken; an async hook
         holds the session (later pipelined commands wait, RFC 2920)."""
-        if result is not None and type(result) is not Outcome and inspect.isawaitable(result):
+        if pending(result):
             self.wait_for(self._finish_hooks(result, then))
         else:
-            then(result)
+            then(cast(Outcome | None, result))
 
     @staticmethod
     async def _finish_hooks(
@@ -462,7 +436,7 @@ class SMTPChannel(asyncio.Protocol):
     @staticmethod
     def _background(result: HookResult) -> None:
         """A hook whose verdict does not matter (disconnect, reset)."""
-        if inspect.isawaitable(result):
+        if pending(result):
             task = asyncio.ensure_future(result)
             _BACKGROUND.add(task)  # held until done: the loop keeps only weak references
             task.add_done_callback(_BACKGROUND.discard)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from email.message import Message as EmailMessage
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Any
+from typing import Any, TypeGuard
 
 from mmgate.smtp import replies
 from mmgate.smtp.replies import Reply
@@ -195,6 +195,13 @@ class _Hook:
 HookResult = Outcome | None | Awaitable[Outcome | None]
 
 
+def pending(result: object) -> TypeGuard[Awaitable[Any]]:
+    """Whether a hook's result is still to be awaited. None and an Outcome,
+    the usual answers, are told apart first: ``inspect.isawaitable`` is an
+    ABC check, and this runs at every command of every session."""
+    return result is not None and type(result) is not Outcome and inspect.isawaitable(result)
+
+
 class HookChain:
     """The plugins' hooks in order, then the server's own (``final``) steps."""
 
@@ -247,7 +254,7 @@ class HookChain:
                 result = hook.fn(ctx, *args)
             except Exception:
                 return self._failed(hook)
-            if result is not None and type(result) is not Outcome and inspect.isawaitable(result):
+            if pending(result):
                 return self._await_from(result, hook, hooks, i, ctx, args, accepted)
             outcome = self._checked(hook, result)
             if outcome is None:

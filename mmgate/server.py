@@ -441,9 +441,8 @@ class SMTPServer:
             result = _failed(peer)
         finally:
             current_channel.reset(token)
-        if result is None or isinstance(result, Reply | str):
-            return self._as_reply(result, peer)
-        if inspect.isawaitable(result):  # a plain def that hands back a coroutine
+        if not isinstance(result, Reply | str | None) and inspect.isawaitable(result):
+            # a plain def that hands back a coroutine
             return asyncio.get_running_loop().create_task(self._finish(result, peer))
         return self._as_reply(result, peer)
 

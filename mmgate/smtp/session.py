@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Generic, TypeVar, overload
 
 from mmgate.smtp import paths, replies, state, xtext
 from mmgate.smtp.errors import ProtocolError
@@ -139,25 +139,36 @@ class SessionConfig:
     chunking: bool = True
 
 
-class _MadeOnUse:
-    """A transaction's list (``rcpttos``, ``mail_options`` ...), made when
-    first used: an idle session holds none. The list lives in the slot of
-    the same name with a leading underscore."""
+T = TypeVar("T")
+
+
+class MadeOnUse(Generic[T]):
+    """A field made by ``factory`` when first used, so that an idle session
+    holds none: a transaction's lists (``rcpttos``, ``mail_options`` ...),
+    a channel's plugin notes. The value lives in the slot of the same name
+    with a leading underscore, which ``None`` leaves unmade."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self.factory = factory
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = "_" + name
 
-    def __get__(self, session: Any, owner: type | None = None) -> Any:
-        if session is None:
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> MadeOnUse[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | MadeOnUse[T]:
+        if obj is None:
             return self
-        value = getattr(session, self.slot)
+        value: T | None = getattr(obj, self.slot)
         if value is None:
-            value = []
-            setattr(session, self.slot, value)
+            value = self.factory()
+            setattr(obj, self.slot, value)
         return value
 
-    def __set__(self, session: Any, value: list[Any]) -> None:
-        setattr(session, self.slot, value)
+    def __set__(self, obj: object, value: T) -> None:
+        setattr(obj, self.slot, value)
 
 
 class Session:
@@ -189,10 +200,10 @@ class Session:
         "tls",
     )
 
-    mail_options: list[str] = _MadeOnUse()  # type: ignore[assignment]
-    rcpttos: list[str] = _MadeOnUse()  # type: ignore[assignment]
-    rcpt_options: list[str] = _MadeOnUse()  # type: ignore[assignment]
-    recipients: list[RcptTo] = _MadeOnUse()  # type: ignore[assignment]
+    mail_options: MadeOnUse[list[str]] = MadeOnUse(list)
+    rcpttos: MadeOnUse[list[str]] = MadeOnUse(list)
+    rcpt_options: MadeOnUse[list[str]] = MadeOnUse(list)
+    recipients: MadeOnUse[list[RcptTo]] = MadeOnUse(list)
 
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config = config or SessionConfig()
