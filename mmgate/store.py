@@ -254,9 +254,13 @@ class Store:
     def gateways(self) -> dict[str, dict[str, float | None]]:
         """Each gateway that ever wrote to this store: when it started, and
         how old its heartbeat is (None: never beat)."""
-        now = time.time()
         with self._connect() as conn:
-            rows = list(conn.execute(select(gateways)))
+            return self._gateways(conn)
+
+    @staticmethod
+    def _gateways(conn: Any) -> dict[str, dict[str, float | None]]:
+        now = time.time()
+        rows = list(conn.execute(select(gateways)))
         return {
             r.name: {
                 "started_at": r.started_at,
@@ -332,12 +336,13 @@ class Store:
     # -- the API -----------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Every gateway's counters summed, and each gateway's own."""
-        with self._connect() as conn:
+        with self._connect() as conn:  # one connection, one view of both tables
             rows = list(conn.execute(select(counters)))
+            known = self._gateways(conn)
         since: collections.Counter[str] = collections.Counter()
         total: collections.Counter[str] = collections.Counter()
         each: dict[str, dict[str, Any]] = {}
-        for name, info in self.gateways().items():
+        for name, info in known.items():
             each[name] = {**info, "since_start": {}, "total": {}}
         for r in rows:
             since[r.name] += r.since_start
