@@ -85,6 +85,7 @@ class SMTPChannel(asyncio.Protocol):
         "_delivering",
         "_forwarded",
         "_gone",
+        "_held",
         "_last_activity",
         "_line",
         "_loop",
@@ -154,6 +155,7 @@ class SMTPChannel(asyncio.Protocol):
         self._reserved = False  # this session's share of the memory budget
         self._spool: SpoolFile | None = None  # the message arriving, on disk
         self._spool_failed = False
+        self._held = 0  # octets of the arriving message kept whole, from the pool
         self._delivering: SpoolFile | None = None  # the message being delivered
         # plugins' notes and XFORWARD's attributes: made when first used
         self._notes: dict[str, Any] | None = None
@@ -502,14 +504,32 @@ class SMTPChannel(asyncio.Protocol):
         if self._reserved:
             self._reserved = False
             self.smtp_server._release_message()
+        self._give_back_held()
+        self.session.framer.hold = None  # no cycle through the channel
         for spool in (self._spool, self._delivering):
             if spool is not None:
                 spool.remove()
         self._spool = self._delivering = None
         self._spool_failed = False
 
+    def _hold(self, octets: int) -> bool:
+        """May the framer keep ``octets`` more of a message in memory, whole?
+        Only for a server that reads it whole anyway, and while the spool
+        memory pool has room: a message kept whole is handed over without
+        a copy, a spooled one is joined or read back from disk."""
+        if not self.smtp_server.spool_memory.take(octets, self._held, whole=True):
+            return False
+        self._held += octets
+        return True
+
+    def _give_back_held(self) -> None:
+        if self._held:
+            self.smtp_server.spool_memory.give(self._held)
+            self._held = 0
+
     def _spool_chunk(self, data: bytes) -> None:
         """Part of a large message: onto disk, not into memory."""
+        self._give_back_held()  # what was kept whole leaves in this chunk
         if self._spool_failed:
             return
         try:
@@ -565,7 +585,7 @@ class SMTPChannel(asyncio.Protocol):
         if hooks.on_message:
             outcome = asyncio.ensure_future(self._through_hooks(event, source))
         else:
-            data = self._smtpd_data(source)
+            data = self._smtpd_data(source, event.lf)
             outcome = server._dispatch_message(
                 self, self.peer, self.mailfrom, list(self.rcpttos), data, event
             )
@@ -577,18 +597,19 @@ class SMTPChannel(asyncio.Protocol):
         if not outcome.done() and self._transport is not None:
             self._transport.pause_reading()
 
-    def _smtpd_data(self, source: bytes | Spooled) -> bytes | str | Spooled:
+    def _smtpd_data(self, source: bytes | Spooled, lf: bool = False) -> bytes | str | Spooled:
         """The message as process_message takes it (``data_line_ending``,
         ``decode_data``), also kept as smtpd's ``received_data``. A spooled
         message stays on disk for servers that stream it; anyone else gets
-        the whole text, read only now."""
+        the whole text, read only now. ``lf``: the framer wrote it in
+        smtpd's form already."""
         if isinstance(source, Spooled):
             if self.smtp_server.takes_spooled:
                 return source
             raw = source.read()
         else:
             raw = source
-        if self.smtp_server.data_line_ending == "\n":
+        if self.smtp_server.data_line_ending == "\n" and not lf:
             # smtpd's form: LF line endings, without the final one (a BDAT
             # message may have none)
             raw = (raw[:-2] if raw.endswith(b"\r\n") else raw).replace(b"\r\n", b"\n")
@@ -893,6 +914,14 @@ class SMTPChannel(asyncio.Protocol):
                 self.push(replies.INSUFFICIENT_STORAGE)
                 return
             self._reserved = True
+        server = self.smtp_server
+        # Nothing but process_message reads the text (no hooks, no server
+        # that streams it): it may stay whole in memory, and be written in
+        # smtpd's form at once.
+        whole = not server.takes_spooled and not server.hooks.on_message
+        framer = self.session.framer
+        framer.hold = self._hold if whole else None
+        framer.lf_form = whole and server.data_line_ending == "\n"
         self.session.start_data()
         self._data_since = self._last_activity  # the DATA line's arrival: no clock read
         self._data_octets = self.session.framer.buffered

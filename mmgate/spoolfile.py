@@ -43,9 +43,11 @@ class MemoryPool:
         self.each = each
         self.used = 0
 
-    def take(self, octets: int, held: int = 0) -> bool:
-        """Room for ``octets`` more of a message that keeps ``held`` already."""
-        if self.used + octets > self.limit or held + octets > self.each:
+    def take(self, octets: int, held: int = 0, *, whole: bool = False) -> bool:
+        """Room for ``octets`` more of a message that keeps ``held`` already.
+        ``whole``: it is read whole into memory anyway (process_message takes
+        bytes), so the cap on one message does not apply."""
+        if self.used + octets > self.limit or (held + octets > self.each and not whole):
             return False
         self.used += octets
         return True

@@ -167,13 +167,28 @@ def test_beyond_the_memory_pool_a_message_spills_to_disk_whole(tmp_path: Path):
     assert server.spool_memory.used == 0
 
 
-def test_a_message_past_its_own_memory_share_goes_to_disk_whole(tmp_path: Path):
+def test_a_streamed_message_past_its_own_memory_share_goes_to_disk_whole(tmp_path: Path):
+    spool = tmp_path / "spool"
+    with Upstream() as up:
+        server = PureProxy(("127.0.0.1", 0), up.address, spool_threshold=THRESHOLD, spool_dir=spool)
+        # room for the whole message in the pool, but not within one message's share
+        server.spool_memory = MemoryPool(len(POST) * 4, each=len(POST) // 2)
+        with serving(server) as address, smtplib.SMTP(*address) as client:
+            client.sendmail("a@example.com", ["b@example.org"], POST)
+    (envelope,) = up.handler.messages
+    assert envelope.original_content.endswith(b"\r\n" + POST)
+    assert spool.is_dir() and _spool_files(spool) == []  # it was spilled, and removed
+    assert server.spool_memory.used == 0
+
+
+def test_a_message_read_whole_stays_whole_in_memory_past_its_share(tmp_path: Path):
+    """process_message takes the message whole: kept so (while the pool has
+    room) it is handed over as it was written, never spooled."""
     spool = tmp_path / "spool"
     server = Recorder(("127.0.0.1", 0), None, spool_threshold=THRESHOLD, spool_dir=spool)
-    # room for the whole message in the pool, but not within one message's share
     server.spool_memory = MemoryPool(len(POST) * 4, each=len(POST) // 2)
     with serving(server) as address, smtplib.SMTP(*address) as client:
         client.sendmail("a@example.com", ["b@example.org"], POST)
     assert server.messages[0]["data"] == POST[:-2].replace(b"\r\n", b"\n")
-    assert spool.is_dir() and _spool_files(spool) == []  # it was spilled, and removed
-    assert server.spool_memory.used == 0
+    assert not spool.exists()  # no spool file was ever made
+    assert server.spool_memory.used == 0  # what it held is given back

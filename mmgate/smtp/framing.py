@@ -20,17 +20,38 @@ Why it looks the way it does:
 * The message ends only at CRLF.CRLF (RFC 5321 4.1.1.4). ``\\n.\\n`` or
   ``\\r.\\r`` never end it, so a message cannot smuggle a second one past a
   downstream server that frames differently (the 2023 "SMTP smuggling" class).
+* Message text has two readers that give the same results: the Python code
+  below (the reference, several C-level passes), and where it was built,
+  ``mmgate/smtp/_text.c``, one native pass that can also write smtpd's
+  form (LF line endings) at once. tests/test_text_native.py holds them to
+  the same text, flags and sizes for any bytes cut anywhere.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from mmgate.smtp import replies
 from mmgate.smtp.limits import Limits
 from mmgate.smtp.replies import Reply
+
+if TYPE_CHECKING:
+    from mmgate.smtp._text import TextReader
+
+_TextReader: type[TextReader] | None
+try:
+    from mmgate.smtp._text import TextReader as _TextReader
+except ImportError:  # not built (no compiler at install): frame in Python
+    _TextReader = None
+
+#: The native reader of message text is there and not turned off
+#: (``MMGATE_PURE_PYTHON=1`` frames in Python, to compare the two).
+NATIVE = _TextReader is not None and not os.environ.get("MMGATE_PURE_PYTHON")
 
 _END_OF_DATA = b"\r\n.\r\n"
 _ANY_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
@@ -81,11 +102,14 @@ class MessageData:
     chunked: bool = False
     #: it came in BDAT chunks (RFC 3030): raw octets, line endings untouched
     raw: bool = False
+    #: ``data`` (and the chunks before it) is in smtpd's form: LF line
+    #: endings, the last one dropped; ``size`` is still the CRLF form's
+    lf: bool = False
 
 
 @dataclass(slots=True)
 class MessageChunk:
-    """Whole lines of a message still arriving: dot-unstuffed, line endings
+    """Part of a message still arriving: dot-unstuffed, line endings
     handled by the policy, to be appended to what came before."""
 
     data: bytes
@@ -137,16 +161,20 @@ class Framer:
         "_emitted",
         "_error",
         "_frame_limit",
+        "_held",
         "_last",
         "_limits",
         "_long",
         "_mode",
         "_overlong",
         "_policy",
+        "_reader",
         "_remaining",
         "_scan",
         "_size",
         "_skipping",
+        "hold",
+        "lf_form",
     )
 
     def __init__(
@@ -154,8 +182,20 @@ class Framer:
         limits: Limits | None = None,
         policy: BareLinePolicy = BareLinePolicy.NORMALISE,
         chunk_size: int | None = None,
+        *,
+        native: bool = NATIVE,
     ) -> None:
         self._limits = limits or Limits()
+        #: the native reader of message text, or None: the Python one
+        self._reader = _TextReader() if native and _TextReader is not None else None
+        #: hand the next message out in smtpd's form (the native reader
+        #: writes it in its one pass; the Python one leaves it to the owner)
+        self.lf_form = False
+        #: asked, when a message passes ``chunk_size`` more, whether it may
+        #: stay whole in memory for that much more (the owner's memory pool
+        #: says); refused, the message leaves as chunks from then on
+        self.hold: Callable[[int], bool] | None = None
+        self._held = 0  # octets of the message ``hold`` allowed
         self._chunk_size = chunk_size
         self._consumed = 0  # message octets that left as chunks, as received
         self._emitted = 0  # the same, as handed out
@@ -209,7 +249,18 @@ class Framer:
 
     def start_data(self) -> None:
         """Switch to message text. The virtual CRLF is the DATA line's own."""
-        self._buf[0:0] = b"\r\n"
+        reader = self._reader
+        if reader is not None:
+            limits = self._limits
+            reader.start(
+                limits.text_line,
+                limits.message_size or 0,
+                _POLICY_CODES[self._policy],
+                limits.lenient_text_lines,
+                self.lf_form,
+            )
+        else:
+            self._buf[0:0] = b"\r\n"
         self._mode = _Mode.DATA
         self._scan = 0
         self._check = 2
@@ -218,12 +269,25 @@ class Framer:
         self._error = None
         self._consumed = self._emitted = 0
         self._bare = False
+        self._held = 0
+
+    def _holds(self, octets: int) -> bool:
+        """May ``octets`` of message text (a chunk's worth past what was
+        held) stay in memory rather than leave as a chunk?"""
+        if self._held + self._chunk_size >= octets:  # type: ignore[operator]
+            return True
+        if self.hold is not None and self._consumed == 0 and self.hold(octets - self._held):
+            self._held = octets
+            return True
+        return False
 
     def next_event(self) -> Event | None:
         if self._mode is _Mode.COMMAND:
             return self._next_line()
         if self._mode is _Mode.CHUNK or self._mode is _Mode.SKIP:
             return self._next_chunk()
+        if self._reader is not None:
+            return self._next_native()
         return self._next_message()
 
     # -- BDAT chunks (RFC 3030) ------------------------------------------
@@ -323,7 +387,35 @@ class Framer:
         del buf[: i + 1]
         return CommandLine(line)
 
-    # -- message text ----------------------------------------------------
+    # -- message text, native ---------------------------------------------
+    def _next_native(self) -> Event | None:
+        """The native reader takes every buffered octet up to the end."""
+        reader = self._reader
+        assert reader is not None
+        buf = self._buf
+        end = reader.feed(buf) if buf else -1
+        if end < 0:
+            buf.clear()
+            if self._chunk_size and not self._holds(reader.pending):
+                data = reader.take()
+                self._held = 0
+                self._consumed += len(data)
+                return MessageChunk(data)
+            return None
+        del buf[:end]
+        chunked = self._consumed > 0
+        self._mode = _Mode.COMMAND
+        self._consumed = 0
+        error = reader.error
+        if error:
+            reader.take()
+            return MessageData(b"", reader.raw - 2, _ERRORS[error], error == _BARE, chunked=chunked)
+        data = reader.take()
+        return MessageData(
+            data, reader.size, None, reader.bare, reader.long, chunked, lf=self.lf_form
+        )
+
+    # -- message text, in Python -----------------------------------------
     def _next_message(self) -> Event | None:
         buf = self._buf
         end = buf.find(_END_OF_DATA, self._scan)
@@ -337,17 +429,20 @@ class Framer:
             size = self._size + end
             del buf[: end + len(_END_OF_DATA)]
             chunked = self._consumed > 0
-            return self._finish(MessageData(b"", size, self._error, chunked=chunked))
+            bare = self._error is replies.BARE_LINE_ENDING
+            return self._finish(MessageData(b"", size, self._error, bare, chunked=chunked))
         stop = end + 2 if end >= 0 else len(buf)
         limit = self._limits.message_size
-        if limit and self._consumed + stop - 2 > limit:
+        # Before the end, the last two octets may be the end's ".\r": the
+        # text is surely too big only past them (refused whatever the cuts).
+        if limit and self._consumed + stop - (2 if end >= 0 else 4) > limit:
             return self._refuse(replies.TOO_MUCH_DATA)
         if not self._long and self._has_long_line(stop):
             self._long = True
             if not self._limits.lenient_text_lines:
                 return self._refuse(replies.TEXT_LINE_TOO_LONG)
         if end < 0:
-            if self._chunk_size and len(buf) - 2 > self._chunk_size:
+            if self._chunk_size and not self._holds(len(buf) - 2):
                 j = buf.rfind(b"\n", 2)
                 if j > 2:
                     return self._chunk(j)
@@ -356,7 +451,7 @@ class Framer:
         lead = buf[:2] == b"\r\n"
         data = bytes(memoryview(buf)[2:stop])
         del buf[: end + len(_END_OF_DATA)]
-        return self._finish(self._message(data, lead))
+        return self._finish(self._message(data, lead, self._consumed + end - 2))
 
     def _chunk(self, j: int) -> Event | None:
         """Hand out the whole lines in ``buf[2:j+1]``; keep from ``j - 1`` on."""
@@ -364,6 +459,7 @@ class Framer:
         lead = buf[:2] == b"\r\n"
         raw = bytes(memoryview(buf)[2 : j + 1])
         del buf[: j - 1]
+        self._held = 0
         self._scan = 0
         self._check = max(self._check - (j - 1), 2)
         self._consumed += len(raw)
@@ -422,14 +518,30 @@ class Framer:
             data = _ANY_LINE_ENDING.sub(b"\r\n", data)
         return data, bare
 
-    def _message(self, data: bytes, lead: bool) -> MessageData:
+    def _message(self, data: bytes, lead: bool, received: int) -> MessageData:
+        """``received``: the octets of text as sent, without the last CRLF
+        (what a refused message reports as its size)."""
         chunked = self._consumed > 0
         data, bare = self._text(data, lead)
         bare |= self._bare
-        size = self._emitted + len(data)
         if bare and self._policy is BareLinePolicy.STRICT:
-            return MessageData(b"", size, replies.BARE_LINE_ENDING, True, chunked=chunked)
+            return MessageData(b"", received, replies.BARE_LINE_ENDING, True, chunked=chunked)
+        size = self._emitted + len(data)
         return MessageData(data, size, None, bare, self._long, chunked)
+
+
+_POLICY_CODES = {
+    BareLinePolicy.NORMALISE: 0,
+    BareLinePolicy.STRICT: 1,
+    BareLinePolicy.LENIENT: 2,
+}
+_BARE = 3
+#: the native reader's error codes
+_ERRORS = {
+    1: replies.TOO_MUCH_DATA,
+    2: replies.TEXT_LINE_TOO_LONG,
+    _BARE: replies.BARE_LINE_ENDING,
+}
 
 
 def dot_stuff(data: bytes) -> bytes:
