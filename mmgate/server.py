@@ -20,6 +20,7 @@ import re
 import signal
 import socket
 import ssl
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -202,6 +203,9 @@ class _Acceptor(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         server = self._server
+        if type(peer) is tuple and peer and type(peer[0]) is str:
+            # one string per client address, not one per connection
+            peer = (sys.intern(peer[0]), *peer[1:])
         refusal = server._admission(peer)
         if refusal is not None:
             log.warning("%s: refused: %s", peer, refusal)

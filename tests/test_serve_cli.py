@@ -549,3 +549,42 @@ def test_serve_behind_a_balancer_reads_the_proxy_header_first(tmp_path: Path):
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_what_a_process_group_leader_leaves_behind_is_ended(tmp_path: Path):
+    """Mailman's master can exit and leave a runner (one it forked after it
+    took SIGTERM); stopping the runners ends the rest of its group, even a
+    process that ignores SIGTERM."""
+    from mmgate.mailman.runners import _group_alive, end_group
+
+    leader = subprocess.Popen(
+        ["sh", "-c", '(trap "" TERM; exec sleep 60) >/dev/null & echo $!'],
+        stdout=subprocess.PIPE,
+        text=True,
+        process_group=0,
+    )
+    out, _ = leader.communicate(timeout=10)
+    straggler = int(out)
+    try:
+        assert _group_alive(leader.pid)  # the leader is gone, its child is not
+        end_group(leader.pid, grace=0.5)
+        assert not _group_alive(leader.pid)
+        state = Path(f"/proc/{straggler}/stat")
+        assert not state.exists() or state.read_text().rpartition(")")[2].split()[0] == "Z"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(straggler, signal.SIGKILL)
+
+
+def test_runners_stop_whole_and_fast(tmp_path: Path):
+    from mmgate.mailman.embedded import ensure_home
+    from mmgate.mailman.runners import MailmanRunners, _group_alive
+
+    runners = MailmanRunners(ensure_home(tmp_path / "var"), runners=("retry", "task"))
+    runners.start()
+    time.sleep(2)
+    assert runners.proc is not None and _group_alive(runners.proc.pid)
+    started = time.monotonic()
+    runners.stop(timeout=30)
+    assert not _group_alive(runners.proc.pid)
+    assert time.monotonic() - started < 10

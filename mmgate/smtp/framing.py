@@ -53,6 +53,11 @@ except ImportError:  # not built (no compiler at install): frame in Python
 #: (``MMGATE_PURE_PYTHON=1`` frames in Python, to compare the two).
 NATIVE = _TextReader is not None and not os.environ.get("MMGATE_PURE_PYTHON")
 
+#: readers between messages, for the next one to begin (a reader gives
+#: its text away as its message ends, so a free one holds nothing)
+_READERS: list[TextReader] = []
+_FREE_READERS = 256
+
 _END_OF_DATA = b"\r\n.\r\n"
 _ANY_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
@@ -166,6 +171,7 @@ class Framer:
         "_limits",
         "_long",
         "_mode",
+        "_native",
         "_overlong",
         "_policy",
         "_reader",
@@ -186,8 +192,10 @@ class Framer:
         native: bool = NATIVE,
     ) -> None:
         self._limits = limits or Limits()
-        #: the native reader of message text, or None: the Python one
-        self._reader = _TextReader() if native and _TextReader is not None else None
+        self._native = native and _TextReader is not None
+        #: the native reader of the message arriving (from a free list:
+        #: an idle session holds none), or None: the Python one reads it
+        self._reader: TextReader | None = None
         #: hand the next message out in smtpd's form (the native reader
         #: writes it in its one pass; the Python one leaves it to the owner)
         self.lf_form = False
@@ -249,8 +257,9 @@ class Framer:
 
     def start_data(self) -> None:
         """Switch to message text. The virtual CRLF is the DATA line's own."""
-        reader = self._reader
-        if reader is not None:
+        if self._native:
+            assert _TextReader is not None
+            reader = self._reader = _READERS.pop() if _READERS else _TextReader()
             limits = self._limits
             reader.start(
                 limits.text_line,
