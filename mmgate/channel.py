@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mmgate import tls
 from mmgate.hooks import HookResult, Message, Outcome, header_fields, pending
-from mmgate.smtp import replies, xforward
+from mmgate.smtp import replies, state, xforward
 from mmgate.smtp.errors import ProtocolError
 from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
 from mmgate.smtp.framing import ChunkReceived, ChunkSkipped, MessageChunk, MessageData
@@ -346,10 +346,9 @@ class SMTPChannel(asyncio.Protocol):
             self._flush()
 
     def _flush(self) -> None:
-        if self.session.has_output:
-            data = self.session.data_to_send()
-            if self._transport is not None:
-                self.send_bytes(data)
+        data = self.session.data_to_send()
+        if data and self._transport is not None:
+            self.send_bytes(data)
 
     def send_bytes(self, data: bytes) -> None:
         """The one place replies reach the transport: one call, one write."""
@@ -366,6 +365,7 @@ class SMTPChannel(asyncio.Protocol):
     # -- the receive loop ------------------------------------------------
     def _process(self) -> None:
         session = self.session
+        framer = session.framer
         self._batching = True
         try:
             while not (self._busy or self._closing or self._write_paused):
@@ -382,6 +382,8 @@ class SMTPChannel(asyncio.Protocol):
                     pass  # a refused BDAT's octets: its reply is out already
                 else:
                     self._on_message(event)
+                if framer.waiting:
+                    break  # all that came is handled (the common case)
             if session.closing and not self._closing:
                 self.close_when_done()  # the session said 421 (too many errors)
         finally:
@@ -398,7 +400,8 @@ class SMTPChannel(asyncio.Protocol):
     def _dispatch(self, command: Command) -> None:
         verb = command.verb
         method = getattr(self, "smtp_" + verb, None) if verb.isascii() else None
-        if method is None or not self.offers(verb):
+        verbs = self.conditional_verbs
+        if method is None or ((verbs is None or verb in verbs) and not self.offers(verb)):
             self.push(
                 replies.UNKNOWN_COMMAND.with_text(
                     replies.UNKNOWN_COMMAND.text.format(printable(verb))
@@ -406,10 +409,9 @@ class SMTPChannel(asyncio.Protocol):
             )
             return
         if verb != "BDAT":  # (a refused BDAT's octets must be skipped: smtp_BDAT checks)
-            try:
-                self.session.check_sequence(verb)
-            except ProtocolError as exc:
-                self.push(exc.reply)
+            refusal = state.out_of_sequence(verb, self.session.phase)
+            if refusal is not None:  # RFC 5321 4.1.4
+                self.push(refusal)
                 return
         method(command.arg)
 
@@ -819,6 +821,16 @@ class SMTPChannel(asyncio.Protocol):
 
     def smtp_EXPN(self, arg: str | None) -> None:
         self.push(replies.EXPN_NOT_IMPLEMENTED)
+
+    #: the verbs :meth:`offers` may refuse; the others are not asked about
+    #: (a subclass that overrides ``offers`` without naming them is asked
+    #: about every verb)
+    conditional_verbs: frozenset[str] | None = frozenset({"STARTTLS", "BDAT"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "offers" in cls.__dict__ and "conditional_verbs" not in cls.__dict__:
+            cls.conditional_verbs = None
 
     def offers(self, verb: str) -> bool:
         """Whether this session knows ``verb`` now: the command of an

@@ -65,6 +65,7 @@ class LMTPChannel(SMTPChannel):
     """One LMTP session: smtpd's channel with LHLO, and per-recipient replies."""
 
     lmtp = True
+    conditional_verbs = frozenset({"HELO", "EHLO", *(SMTPChannel.conditional_verbs or ())})
 
     def smtp_LHLO(self, arg: str | None) -> None:
         self._hello(arg, extended=True)

@@ -240,9 +240,12 @@ class Framer:
 
     @property
     def waiting(self) -> bool:
-        """Nothing to frame until more bytes come: no buffered octets and
-        reading command lines (a BDAT chunk of size 0 needs none)."""
-        return not self._buf and self._mode is _Mode.COMMAND
+        """Nothing to frame until more bytes come: no buffered octets, and
+        not at a BDAT chunk's end (a chunk of size 0 needs none)."""
+        if self._buf:
+            return False
+        mode = self._mode
+        return (mode is not _Mode.CHUNK and mode is not _Mode.SKIP) or self._remaining > 0
 
     def receive_data(self, data: bytes) -> None:
         self._buf += data

@@ -271,8 +271,6 @@ class Session:
         """
         framer = self.framer
         while self.phase is not Phase.RECEIVED and not self.closing:
-            if framer.waiting:
-                return None
             event = framer.next_event()
             if event is None:
                 return None
@@ -500,8 +498,12 @@ class Session:
 
     # -- accepted events: the moves of the state table --------------------------
     def _advance(self, step: Step) -> None:
-        self.phase = state.advance(self.phase, step)
-        if self.phase is Phase.DATA:
+        try:  # (state.advance, inlined: five moves a message)
+            self.phase = phase = state.TRANSITIONS[self.phase][step]
+        except KeyError:
+            state.advance(self.phase, step)  # says which move is missing
+            raise
+        if phase is Phase.DATA:
             self.framer.start_data()
 
     def greet(self, hello: Hello) -> None:
@@ -522,9 +524,19 @@ class Session:
 
     def add_recipient(self, rcpt: RcptTo) -> None:
         """RCPT accepted."""
-        self.recipients.append(rcpt)
-        self.rcpttos.append(rcpt.address)
-        self.rcpt_options += rcpt.options
+        # (the slots themselves: MadeOnUse's lookups cost a call each)
+        if self._recipients is None:
+            self._recipients = [rcpt]
+        else:
+            self._recipients.append(rcpt)
+        if self._rcpttos is None:
+            self._rcpttos = [rcpt.address]
+        else:
+            self._rcpttos.append(rcpt.address)
+        if self._rcpt_options is None:
+            self._rcpt_options = list(rcpt.options)
+        else:
+            self._rcpt_options += rcpt.options
         self._advance(Step.RCPT)
 
     def start_data(self) -> None:
