@@ -571,15 +571,8 @@ class SMTPChannel(asyncio.Protocol):
             source = Spooled(b"", spool)
         # The flags and size only: holding the data would keep every
         # connection's last message in memory until its next one.
-        self.last_message = MessageData(
-            b"",
-            event.size,
-            event.error,
-            event.bare_line_endings,
-            event.long_lines,
-            event.chunked,
-            event.raw,
-        )
+        event.data = b""
+        self.last_message = event
         self._busy = True
         assert self.mailfrom is not None
         hooks = server.hooks

@@ -438,9 +438,12 @@ class SMTPServer:
         # smtpd's way: on this thread, one call at a time, in order.
         token = current_channel.set(channel)
         try:
-            result = self.process_message(
-                peer, mailfrom, rcpttos, cast(Any, data), **self._options(channel)
-            )
+            if self._pm_options:
+                result = self.process_message(
+                    peer, mailfrom, rcpttos, cast(Any, data), **self._options(channel)
+                )
+            else:
+                result = self.process_message(peer, mailfrom, rcpttos, cast(Any, data))
         except Exception:
             result = _failed(peer)
         finally:
