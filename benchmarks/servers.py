@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from mmgate import PureProxy, SMTPServer, runtime, tls
+from mmgate.spoolfile import map_large_blocks
 
 HOSTNAME = "bench.example"
 
@@ -116,6 +117,8 @@ def tls_context() -> ssl.SSLContext | None:
 
 async def serve(kind: str, port: int, upstream: int | None) -> None:
     loop = asyncio.get_running_loop()
+    if kind.startswith(("mmgate", "smtpd")):
+        map_large_blocks()  # as mmgate's serving loop does (SMTPServer.serve_forever)
     counter: Any = None
     context = tls_context()
     if kind == "mmgate-sink":
