@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from mmgate import PureProxy, SMTPServer, runtime, tls
-from mmgate.spoolfile import map_large_blocks
+from mmgate.server import set_large_block_policy
 
 HOSTNAME = "bench.example"
 
@@ -117,8 +117,6 @@ def tls_context() -> ssl.SSLContext | None:
 
 async def serve(kind: str, port: int, upstream: int | None) -> None:
     loop = asyncio.get_running_loop()
-    if kind.startswith(("mmgate", "smtpd")):
-        map_large_blocks()  # as mmgate's serving loop does (SMTPServer.serve_forever)
     counter: Any = None
     context = tls_context()
     if kind == "mmgate-sink":
@@ -155,6 +153,9 @@ async def serve(kind: str, port: int, upstream: int | None) -> None:
             port,
             backlog=1024,
         )
+    if kind.startswith(("mmgate", "smtpd")):
+        # what mmgate's serving loop does (SMTPServer.serve_forever, mmgate.loop)
+        set_large_block_policy([counter if counter is not None else proxy])
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     print("READY", flush=True)

@@ -569,6 +569,7 @@ class SMTPChannel(asyncio.Protocol):
                 self._end_transaction(replies.INSUFFICIENT_STORAGE)
                 return
             source = Spooled(b"", spool)
+        server._message_ended(event.size)
         # The flags and size only: holding the data would keep every
         # connection's last message in memory until its next one.
         event.data = b""

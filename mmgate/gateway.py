@@ -136,6 +136,7 @@ class MailmanProxy(PureProxy):
     """
 
     data_line_ending = "\r\n"
+    large_blocks_in_threads = True
 
     def __init__(
         self,

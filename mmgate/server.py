@@ -50,7 +50,14 @@ from mmgate.smtp.limits import (
 )
 from mmgate.smtp.replies import Reply
 from mmgate.smtp.session import SessionConfig
-from mmgate.spoolfile import MemoryPool, Spooled, map_large_blocks
+from mmgate.spoolfile import (
+    LARGE_BLOCK,
+    MemoryPool,
+    Spooled,
+    give_back_memory,
+    keep_large_blocks,
+    map_large_blocks,
+)
 
 log = logging.getLogger("mmgate.smtp")
 
@@ -255,6 +262,11 @@ class SMTPServer:
     #: For servers that stream it on (PureProxy, MailmanProxy); smtpd-style
     #: code gets the whole ``data`` it expects, read only when it is called.
     takes_spooled = False
+    #: Large messages are parsed or copied in worker threads (the gateway's
+    #: parse and pickle): the serving process then maps each large block
+    #: anew, since a thread's heap does not give memory back (see
+    #: :func:`mmgate.spoolfile.map_large_blocks`).
+    large_blocks_in_threads = False
     #: Offer DSN (RFC 3461) and take its parameters: for servers that pass
     #: them on (PureProxy); a plain server would have to send the DSNs itself.
     offers_dsn = False
@@ -312,6 +324,8 @@ class SMTPServer:
         self.min_data_rate = min_data_rate
         self.data_rate_grace = data_rate_grace
         self._sweeper: asyncio.Task[None] | None = None
+        self._large_ended = False  # a large message ended since the last sweep
+        self._trim_due = False  # large messages stopped: give memory back
         self._session_configs: dict[tuple[tuple[str, Any], ...], SessionConfig] = {}
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
@@ -594,6 +608,24 @@ class SMTPServer:
             now = loop.time()
             for channel in list(self._channels):
                 channel.check_pace(now)
+            # A sweep with no large message ended after one with some: the
+            # burst is over, and the memory kept for it goes back.
+            if self._large_ended:
+                self._large_ended, self._trim_due = False, True
+            elif self._trim_due:
+                self._trim_due = False
+                give_back_memory()
+
+    def _message_ended(self, size: int) -> None:
+        if size >= LARGE_BLOCK:
+            self._large_ended = True
+
+    def makes_large_blocks_in_threads(self) -> bool:
+        """Does large message memory get made off the loop's thread? (The
+        gateway's work, or process_message in its worker thread.)"""
+        return self.large_blocks_in_threads or (
+            self.sync_process_message == "thread" and not self._pm_is_async
+        )
 
     def session_config(self, **values: Any) -> SessionConfig:
         """One frozen SessionConfig shared by every session with the same
@@ -654,12 +686,22 @@ class SMTPServer:
         runtime.run(self.serve())
 
 
+def set_large_block_policy(servers: Sequence[Listener]) -> None:
+    """For the process that serves ``servers``: large messages' memory
+    comes back, mapped anew each time where worker threads make it, else
+    kept while large messages come and given back when they stop."""
+    if any(isinstance(s, SMTPServer) and s.makes_large_blocks_in_threads() for s in servers):
+        map_large_blocks()
+    else:
+        keep_large_blocks()
+
+
 async def _serve_until_signalled(
     servers: list[Listener], on_hangup: Callable[[], None] | None = None
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    map_large_blocks()  # this process serves: large messages' memory comes back
+    set_large_block_policy(servers)
     installed = []
     handlers: list[tuple[signal.Signals, Callable[[], None]]] = [
         (signal.SIGTERM, stop.set),

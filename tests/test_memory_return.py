@@ -38,3 +38,51 @@ def test_a_freed_large_block_goes_back_to_the_system_once_large_blocks_are_mappe
     assert _left_mib("mapped") < 4
     # and the fault it fixes is there without it: the block stays resident
     assert _left_mib("default") >= 20
+
+
+SERVER = """
+import sys
+from mmgate import SMTPServer
+
+class Sink(SMTPServer):
+    def process_message(self, peer, mailfrom, rcpttos, data):
+        return None
+
+Sink(("127.0.0.1", int(sys.argv[1])), None).serve_forever()
+"""
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_memory_kept_for_large_messages_goes_back_once_they_stop():
+    """An smtpd-style server keeps large blocks while large messages come
+    (no fresh mapping to fault in for each) and gives them back after."""
+    import smtplib
+    import time
+
+    from tests.harness import wait_for_port
+    from tests.upstream import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
+    try:
+        wait_for_port(port, proc, "the sink", timeout=30)
+        time.sleep(0.5)
+        idle = _rss_mib(proc.pid)
+        body = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * (8 * 2**20 // 80)
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            for _ in range(6):
+                client.sendmail("a@example.org", ["b@example.org"], body)
+            busy = _rss_mib(proc.pid)
+        deadline = time.monotonic() + 10
+        while _rss_mib(proc.pid) > idle + 3:
+            assert time.monotonic() < deadline, (idle, busy, _rss_mib(proc.pid))
+            time.sleep(0.2)
+        assert busy > idle + 6  # it was kept while they came
+    finally:
+        proc.terminate()
+        proc.wait(10)
