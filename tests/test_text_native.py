@@ -181,3 +181,17 @@ def test_native_reader_drops_a_refused_message_as_it_arrives():
     assert isinstance(refused, MessageData) and refused.error is replies.TOO_MUCH_DATA
     assert refused.size == 500 * 1000 - 2
     assert framer.next_event() == CommandLine(b"QUIT")
+
+
+@native
+def test_a_session_gives_its_reader_back_when_its_message_ends():
+    framer = Framer(native=True)
+    framer.start_data()
+    reader = framer._reader
+    framer.receive_data(b"one\r\n.\r\n")
+    assert isinstance(framer.next_event(), MessageData)
+    assert framer._reader is None  # an idle session holds no reader
+    framer.start_data()
+    assert framer._reader is reader  # the next message takes it from the free list
+    framer.receive_data(b".\r\n")
+    assert framer.next_event() == MessageData(b"", 0)

@@ -418,14 +418,19 @@ class Framer:
         chunked = self._consumed > 0
         self._mode = _Mode.COMMAND
         self._consumed = 0
+        self._reader = None
         error = reader.error
-        if error:
-            reader.take()
-            return MessageData(b"", reader.raw - 2, _ERRORS[error], error == _BARE, chunked=chunked)
-        data = reader.take()
-        return MessageData(
-            data, reader.size, None, reader.bare, reader.long, chunked, lf=self.lf_form
-        )
+        if error:  # (a refused message's text was dropped as it came)
+            event = MessageData(
+                b"", reader.raw - 2, _ERRORS[error], error == _BARE, chunked=chunked
+            )
+        else:
+            event = MessageData(
+                reader.take(), reader.size, None, reader.bare, reader.long, chunked, lf=self.lf_form
+            )
+        if len(_READERS) < _FREE_READERS:
+            _READERS.append(reader)  # holds no text now
+        return event
 
     # -- message text, in Python -----------------------------------------
     def _next_message(self) -> Event | None:
