@@ -16,6 +16,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
+#include <structmember.h>
 #include <string.h>
 
 enum state {
@@ -43,8 +45,8 @@ typedef struct {
     int lenient_long;
     int lf;                 /* write smtpd's form */
     int held;               /* smtpd's form: a line ending not yet written */
-    int bare;
-    int long_line;
+    char bare;              /* read as bools (T_BOOL) */
+    char long_line;
     int error;
 } TextReader;
 
@@ -371,51 +373,17 @@ static PyMethodDef TextReader_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyObject *
-get_pending(TextReader *self, void *closure)
-{
-    return PyLong_FromSsize_t(self->out_len);
-}
-
-static PyObject *
-get_raw(TextReader *self, void *closure)
-{
-    return PyLong_FromSsize_t(self->raw);
-}
-
-static PyObject *
-get_size(TextReader *self, void *closure)
-{
-    return PyLong_FromSsize_t(self->size);
-}
-
-static PyObject *
-get_bare(TextReader *self, void *closure)
-{
-    return PyBool_FromLong(self->bare);
-}
-
-static PyObject *
-get_long(TextReader *self, void *closure)
-{
-    return PyBool_FromLong(self->long_line);
-}
-
-static PyObject *
-get_error(TextReader *self, void *closure)
-{
-    return PyLong_FromLong(self->error);
-}
-
-static PyGetSetDef TextReader_getset[] = {
-    {"pending", (getter)get_pending, NULL, "octets written and not taken", NULL},
-    {"raw", (getter)get_raw, NULL, "octets of text received, as sent", NULL},
-    {"size", (getter)get_size, NULL, "octets of text produced, in CRLF form", NULL},
-    {"bare", (getter)get_bare, NULL, "a bare CR or LF was seen", NULL},
-    {"long", (getter)get_long, NULL, "a text line was over the limit", NULL},
-    {"error", (getter)get_error, NULL,
-     "0, or why the text is refused: 1 too big, 2 a long line, 3 a bare line ending", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+static PyMemberDef TextReader_members[] = {
+    {"pending", T_PYSSIZET, offsetof(TextReader, out_len), READONLY,
+     "octets written and not taken"},
+    {"raw", T_PYSSIZET, offsetof(TextReader, raw), READONLY, "octets of text received, as sent"},
+    {"size", T_PYSSIZET, offsetof(TextReader, size), READONLY,
+     "octets of text produced, in CRLF form"},
+    {"bare", T_BOOL, offsetof(TextReader, bare), READONLY, "a bare CR or LF was seen"},
+    {"long", T_BOOL, offsetof(TextReader, long_line), READONLY, "a text line was over the limit"},
+    {"error", T_INT, offsetof(TextReader, error), READONLY,
+     "0, or why the text is refused: 1 too big, 2 a long line, 3 a bare line ending"},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject TextReaderType = {
@@ -428,7 +396,7 @@ static PyTypeObject TextReaderType = {
     .tp_init = (initproc)TextReader_init,
     .tp_dealloc = (destructor)TextReader_dealloc,
     .tp_methods = TextReader_methods,
-    .tp_getset = TextReader_getset,
+    .tp_members = TextReader_members,
 };
 
 static struct PyModuleDef text_module = {
