@@ -132,15 +132,17 @@ class SpoolFile:
                 os.unlink(self.path)
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
+def _glibc(name: str) -> Callable[..., int] | None:
+    """One of glibc's malloc functions, or None where glibc is absent."""
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None  # not glibc
-    return trim
+    return function
 
 
-_MALLOC_TRIM = _load_malloc_trim()
+_MALLOC_TRIM = _glibc("malloc_trim")
+_MALLOPT = _glibc("mallopt")
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 #: Blocks at least this big get a mapping of their own.
 LARGE_BLOCK = 1024 * 1024
@@ -162,11 +164,7 @@ def map_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
     (the gateway); elsewhere :func:`keep_large_blocks`. A no-op where
     glibc is absent.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    return _MALLOPT is not None and bool(_MALLOPT(_M_MMAP_THRESHOLD, threshold))
 
 
 _M_TRIM_THRESHOLD = -1
@@ -187,12 +185,10 @@ def keep_large_blocks(threshold: int = KEPT_BLOCK) -> bool:
     the top of a worker thread's heap stays resident whatever malloc_trim
     is asked (see :func:`map_large_blocks`). A no-op where glibc is absent.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, threshold)
+    return (
+        _MALLOPT is not None
+        and bool(_MALLOPT(_M_MMAP_THRESHOLD, threshold))
+        and bool(_MALLOPT(_M_TRIM_THRESHOLD, threshold))
     )
 
 
