@@ -519,7 +519,7 @@ class SMTPChannel(asyncio.Protocol):
         Only for a server that reads it whole anyway, and while the spool
         memory pool has room: a message kept whole is handed over without
         a copy, a spooled one is joined or read back from disk."""
-        if not self.smtp_server.spool_memory.take(octets, self._held, whole=True):
+        if not self.smtp_server.spool_memory.take(octets, whole=True):
             return False
         self._held += octets
         return True

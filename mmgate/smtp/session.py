@@ -282,9 +282,8 @@ class Session:
                     continue
                 verb, sep, rest = line.partition(" ")
                 verb = verb.upper()
-                if len(raw) + 2 > self.config.limits.command_line and len(
-                    raw
-                ) + 2 > self._line_limit(verb):
+                length = len(raw) + 2
+                if length > self.config.limits.command_line and length > self._line_limit(verb):
                     self.send(replies.LINE_TOO_LONG)
                     continue
                 return Command(verb, rest.strip() if sep else None, line)
