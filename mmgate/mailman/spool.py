@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import hashlib
 import os
 import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,63 @@ def queue_file(
 
 
 _Job = tuple[list[QueueFile], "asyncio.Future[None]"]
+
+
+def py_write_files(files: Sequence[tuple[str, Sequence[bytes]]], fsync: bool, /) -> list[int]:
+    """Write each ``(path, parts)``: create or truncate, write the parts,
+    fsync if asked, close. One errno per file (0: written). The reference
+    for the native ``write_files`` (mmgate/mailman/_spoolio.c)."""
+    errors = []
+    for path, parts in files:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            errors.append(exc.errno or errno.EIO)
+            continue
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            errors.append(exc.errno or errno.EIO)
+        else:
+            errors.append(0)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return errors
+
+
+def py_rename_files(pairs: Sequence[tuple[str, str]], /) -> list[int]:
+    """Rename each ``(source, target)``; one errno per pair (0: renamed).
+    The reference for the native ``rename_files``."""
+    errors = []
+    for source, target in pairs:
+        try:
+            os.rename(source, target)
+        except OSError as exc:
+            errors.append(exc.errno or errno.EIO)
+        else:
+            errors.append(0)
+    return errors
+
+
+try:
+    from mmgate.mailman import _spoolio
+except ImportError:  # built without a C compiler: the same calls in Python
+    _spoolio = None  # type: ignore[assignment]
+
+#: the native bulk calls, unless MMGATE_PURE_PYTHON asks for Python's
+NATIVE = _spoolio is not None and not os.environ.get("MMGATE_PURE_PYTHON")
+write_files: Callable[[Sequence[tuple[str, Sequence[bytes]]], bool], list[int]] = (
+    _spoolio.write_files if NATIVE else py_write_files
+)
+rename_files: Callable[[Sequence[tuple[str, str]]], list[int]] = (
+    _spoolio.rename_files if NATIVE else py_rename_files
+)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -139,16 +197,23 @@ class QueueWriter:
                 loop.call_soon_threadsafe(_settle, outcomes)
 
     def _write_batch(self, jobs: list[list[QueueFile]]) -> list[BaseException | None]:
+        """Write, make durable and rename every job's files; each job all or
+        none. The file system calls go in bulk (``write_files``,
+        ``rename_files``), so the native ones take the GIL back once per
+        turn, not once per call."""
         each_file = self.sync == "file"
-        errors: list[BaseException | None] = []
-        for files in jobs:
-            try:
-                for qf in files:
-                    _write_tmp(qf, fsync=each_file)
-                errors.append(None)
-            except OSError as exc:
+        errors: list[BaseException | None] = [None] * len(jobs)
+        written = write_files(
+            [(qf.path + ".tmp", qf.parts) for files in jobs for qf in files], each_file
+        )
+        n = 0
+        for j, files in enumerate(jobs):
+            for qf in files:
+                if written[n] and errors[j] is None:
+                    errors[j] = _error(written[n], qf.path + ".tmp")
+                n += 1
+            if errors[j] is not None:
                 _remove(qf.path + ".tmp" for qf in files)
-                errors.append(exc)
         if not each_file:
             directories = {
                 qf.directory
@@ -160,33 +225,26 @@ class QueueWriter:
                 try:
                     _syncfs(directory)
                 except OSError as exc:
-                    for n, files in enumerate(jobs):
-                        if errors[n] is None and any(qf.directory == directory for qf in files):
+                    for j, files in enumerate(jobs):
+                        if errors[j] is None and any(qf.directory == directory for qf in files):
                             _remove(qf.path + ".tmp" for qf in files)
-                            errors[n] = exc
-        for n, files in enumerate(jobs):
-            if errors[n] is not None:
-                continue
-            try:
-                for qf in files:
-                    os.rename(qf.path + ".tmp", qf.path)
-            except OSError as exc:
+                            errors[j] = exc
+        to_rename = [j for j in range(len(jobs)) if errors[j] is None]
+        renamed = rename_files([(qf.path + ".tmp", qf.path) for j in to_rename for qf in jobs[j]])
+        n = 0
+        for j in to_rename:
+            files = jobs[j]
+            for qf in files:
+                if renamed[n] and errors[j] is None:
+                    errors[j] = _error(renamed[n], qf.path)
+                n += 1
+            if errors[j] is not None:
                 _remove([*(qf.path for qf in files), *(qf.path + ".tmp" for qf in files)])
-                errors[n] = exc
         return errors
 
 
-def _write_tmp(qf: QueueFile, *, fsync: bool) -> None:
-    fd = os.open(qf.path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        for part in qf.parts:
-            view = memoryview(part)
-            while view:
-                view = view[os.write(fd, view) :]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+def _error(code: int, path: str) -> OSError:
+    return OSError(code, os.strerror(code), path)
 
 
 def _syncfs(directory: str) -> None:
