@@ -42,6 +42,8 @@ log = logging.getLogger("mmgate.smtp")
 TLS_HANDSHAKE = 30.0
 T = TypeVar("T")
 _BACKGROUND: set[asyncio.Future[Any]] = set()
+#: EHLO replies by their lines (name and keywords): a TLS session sends two
+_EHLO_REPLIES: dict[tuple[str, ...], Reply] = {}
 
 
 def _delegate(name: str, doc: str) -> Any:
@@ -391,29 +393,28 @@ class SMTPChannel(asyncio.Protocol):
             self._flush()
 
     def _on_command(self, command: Command) -> None:
+        """Run the command's ``smtp_`` method, if it is known, offered and in
+        sequence; its line is ``received_lines`` meanwhile."""
         self._line = command.line
         try:
-            self._dispatch(command)
+            verb = command.verb
+            method = getattr(self, "smtp_" + verb, None) if verb.isascii() else None
+            verbs = self.conditional_verbs
+            if method is None or ((verbs is None or verb in verbs) and not self.offers(verb)):
+                self.push(
+                    replies.UNKNOWN_COMMAND.with_text(
+                        replies.UNKNOWN_COMMAND.text.format(printable(verb))
+                    )
+                )
+                return
+            if verb != "BDAT":  # (a refused BDAT's octets must be skipped: smtp_BDAT checks)
+                refusal = state.out_of_sequence(verb, self.session.phase)
+                if refusal is not None:  # RFC 5321 4.1.4
+                    self.push(refusal)
+                    return
+            method(command.arg)
         finally:
             self._line = None  # as in smtpd, no line is kept between commands
-
-    def _dispatch(self, command: Command) -> None:
-        verb = command.verb
-        method = getattr(self, "smtp_" + verb, None) if verb.isascii() else None
-        verbs = self.conditional_verbs
-        if method is None or ((verbs is None or verb in verbs) and not self.offers(verb)):
-            self.push(
-                replies.UNKNOWN_COMMAND.with_text(
-                    replies.UNKNOWN_COMMAND.text.format(printable(verb))
-                )
-            )
-            return
-        if verb != "BDAT":  # (a refused BDAT's octets must be skipped: smtp_BDAT checks)
-            refusal = state.out_of_sequence(verb, self.session.phase)
-            if refusal is not None:  # RFC 5321 4.1.4
-                self.push(refusal)
-                return
-        method(command.arg)
 
     def _parse(self, parse: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run one of the session's parsers; its refusal is the reply."""
@@ -776,8 +777,13 @@ class SMTPChannel(asyncio.Protocol):
         if not hello.extended:
             self.push(f"250 {self.fqdn}")
             return
-        lines = [self.fqdn, *self.extensions()]
-        self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
+        lines = (self.fqdn, *self.extensions())
+        reply = _EHLO_REPLIES.get(lines)
+        if reply is None:  # made once per set of keywords, not per EHLO
+            if len(_EHLO_REPLIES) >= 64:  # settings reloaded many times
+                _EHLO_REPLIES.clear()
+            reply = _EHLO_REPLIES[lines] = Reply(250, None, "\n".join(lines))
+        self.push(reply)
 
     def _greet(self, hello: Hello) -> None:
         self._abandon_transaction()

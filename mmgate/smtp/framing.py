@@ -295,7 +295,15 @@ class Framer:
 
     def next_event(self) -> Event | None:
         if self._mode is _Mode.COMMAND:
-            return self._next_line()
+            # a command line: the common case, framed here without a call
+            buf = self._buf
+            i = buf.find(b"\n", self._scan)
+            if i < 0 or self._overlong or i + 1 > self._frame_limit:
+                return self._odd_line(i)
+            self._scan = 0
+            line = bytes(buf[: i - 1 if i and buf[i - 1] == 13 else i])
+            del buf[: i + 1]
+            return CommandLine(line)
         if self._mode is _Mode.CHUNK or self._mode is _Mode.SKIP:
             return self._next_chunk()
         if self._reader is not None:
@@ -376,12 +384,13 @@ class Framer:
         return event
 
     # -- command lines ---------------------------------------------------
-    def _next_line(self) -> Event | None:
+    def _odd_line(self, i: int) -> Event | None:
+        """A command line not yet complete (``i`` < 0: no LF buffered), or
+        too long (RFC 5321 4.5.3.1.4): dropped as it comes, answered at its
+        end."""
         buf = self._buf
-        i = buf.find(b"\n", self._scan)
         if i < 0:
             if len(buf) > self._frame_limit:
-                # RFC 5321 4.5.3.1.4: too long. Drop it now, answer at its end.
                 self._overlong += len(buf)
                 buf.clear()
                 self._scan = 0
@@ -389,15 +398,10 @@ class Framer:
                 self._scan = len(buf)
             return None
         self._scan = 0
-        if self._overlong or i + 1 > self._frame_limit:
-            length = self._overlong + i + 1
-            self._overlong = 0
-            del buf[: i + 1]
-            return LineTooLong(length)
-        end = i - 1 if i and buf[i - 1] == 13 else i
-        line = bytes(buf[:end])
+        length = self._overlong + i + 1
+        self._overlong = 0
         del buf[: i + 1]
-        return CommandLine(line)
+        return LineTooLong(length)
 
     # -- message text, native ---------------------------------------------
     def _next_native(self) -> Event | None:
