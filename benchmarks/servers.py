@@ -54,15 +54,23 @@ class SmtpdThreadSink(SmtpdSink):
 class CeilingSink(asyncio.Protocol):
     """The least an SMTP sink can do in Python: verbs by their first four
     bytes, message text to CRLF.CRLF with bytes.find, one reply per command.
-    No parsing, no limits, no checks: a ceiling, not a server."""
+    No parsing, no limits, no checks: a ceiling, not a server. With a TLS
+    context (benchmarks/tls.py) it also takes STARTTLS, as little as that
+    can be done on the loop: 220, the handshake, nothing else."""
 
     count = 0
+    context: ssl.SSLContext | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.buf = b""
         self.data = False
         transport.write(b"220 bench.example ESMTP\r\n")
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.context is not None
+        self.transport = await loop.start_tls(self.transport, self, self.context, server_side=True)
 
     def data_received(self, chunk: bytes) -> None:
         buf = self.buf + chunk
@@ -83,6 +91,12 @@ class CeilingSink(asyncio.Protocol):
                 break
             verb = buf[:4].upper()
             buf = buf[end + 2 :]
+            if verb == b"STAR" and self.context is not None:
+                self.transport.write(b"".join(out) + b"220 go ahead\r\n")
+                self.buf = b""
+                _TASKS.add(task := asyncio.ensure_future(self._start_tls()))
+                task.add_done_callback(_TASKS.discard)
+                return
             if verb == b"EHLO":
                 out.append(b"250-bench.example\r\n250 PIPELINING\r\n")
             elif verb == b"DATA":
@@ -95,6 +109,9 @@ class CeilingSink(asyncio.Protocol):
         self.buf = buf
         if out:
             self.transport.write(b"".join(out))
+
+
+_TASKS: set[asyncio.Future[None]] = set()  # held until done: the loop keeps weak ones
 
 
 class AiosmtpdCountingSink:
@@ -132,6 +149,7 @@ async def serve(kind: str, port: int, upstream: int | None) -> None:
         await counter.start()
     elif kind == "ceiling-sink":
         counter = CeilingSink
+        CeilingSink.context = context
         await loop.create_server(CeilingSink, "127.0.0.1", port, backlog=1024)
     elif kind == "mmgate-proxy":
         assert upstream is not None

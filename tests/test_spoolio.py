@@ -105,3 +105,14 @@ def test_native_calls_refuse_what_is_not_a_path_or_bytes(tmp_path: Path):
     with pytest.raises(ValueError):
         spool._spoolio.write_files([(str(tmp_path) + "\0x", [b""])], False)
     assert os.listdir(tmp_path) == []
+
+
+@native
+def test_native_and_python_file_system_syncs_agree_on_what_is_and_is_not_a_directory(
+    tmp_path: Path,
+):
+    (tmp_path / "a-file").write_bytes(b"")
+    paths = [str(tmp_path), str(tmp_path / "missing"), str(tmp_path / "a-file")]
+    native_errors = [spool._spoolio.sync_file_system(p) for p in paths]
+    python_errors = [spool.py_sync_file_system(p) for p in paths]
+    assert native_errors == python_errors == [0, errno.ENOENT, errno.ENOTDIR]

@@ -114,6 +114,34 @@ def py_rename_files(pairs: Sequence[tuple[str, str]], /) -> list[int]:
     return errors
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2), which Python's os module does not expose."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return syncfs
+
+
+_SYNCFS = _load_syncfs()
+
+
+def py_sync_file_system(directory: str, /) -> int:
+    """syncfs(2) on the file system of ``directory``; an errno (0: flushed).
+    The reference for the native ``sync_file_system``."""
+    if _SYNCFS is None:
+        return errno.ENOSYS
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    try:
+        return ctypes.get_errno() if _SYNCFS(fd) != 0 else 0
+    finally:
+        os.close(fd)
+
+
 try:
     from mmgate.mailman import _spoolio
 except ImportError:  # built without a C compiler: the same calls in Python
@@ -127,19 +155,9 @@ write_files: Callable[[Sequence[tuple[str, Sequence[bytes]]], bool], list[int]] 
 rename_files: Callable[[Sequence[tuple[str, str]]], list[int]] = (
     _spoolio.rename_files if NATIVE else py_rename_files
 )
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    """Linux's syncfs(2), which Python's os module does not expose."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    return syncfs
-
-
-_SYNCFS = _load_syncfs()
+sync_file_system: Callable[[str], int] = (
+    _spoolio.sync_file_system if NATIVE else py_sync_file_system
+)
 
 
 class QueueWriter:
@@ -248,14 +266,9 @@ def _error(code: int, path: str) -> OSError:
 
 
 def _syncfs(directory: str) -> None:
-    assert _SYNCFS is not None
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        if _SYNCFS(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), directory)
-    finally:
-        os.close(fd)
+    code = sync_file_system(directory)
+    if code:
+        raise _error(code, directory)
 
 
 def _remove(paths: Iterable[str]) -> None:
