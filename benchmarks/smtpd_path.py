@@ -41,7 +41,7 @@ def measure(kind: str, loop: str, small: int, large: int, repeat: int) -> dict[s
             os.sched_setaffinity(server.pid, {SERVER_CPU})
         smtp_source(server.port, sessions=16, messages=500, length=1024)  # warm up
         ehlo = first_ehlo_ms(server.port, 200)
-        idle = idle_connections(server.pid, server.port, 1000)
+        idle = idle_connections(server.pid, server.port, 2000)
         small_rates = [
             small / smtp_source(server.port, sessions=16, messages=small, length=1024)
             for _ in range(repeat)

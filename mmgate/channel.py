@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -81,6 +80,7 @@ class SMTPChannel(asyncio.Protocol):
         "_batching",
         "_busy",
         "_closing",
+        "_conn",
         "_data_octets",
         "_data_since",
         "_decode_data",
@@ -100,7 +100,6 @@ class SMTPChannel(asyncio.Protocol):
         "_txn",
         "_write_paused",
         "addr",
-        "conn",
         "enable_SMTPUTF8",
         "fqdn",
         "last_message",
@@ -134,7 +133,7 @@ class SMTPChannel(asyncio.Protocol):
                 "decode_data and enable_SMTPUTF8 cannot be set to True at the same time"
             )
         self.smtp_server = server
-        self.conn = conn
+        self._conn = conn
         self.addr = addr
         self.enable_SMTPUTF8 = enable_SMTPUTF8
         self._decode_data = decode_data
@@ -183,6 +182,19 @@ class SMTPChannel(asyncio.Protocol):
         self._partial_since: float | None = None  # a command line is arriving
         self._data_since: float | None = None  # message text is arriving (DATA)
         self._data_octets = 0
+
+    @property
+    def conn(self) -> Any:
+        """The connection's socket, as smtpd gave it: the one passed in, or
+        (the server passes none, so that an idle session holds no socket
+        object of its own) the transport's, asked for when read."""
+        if self._conn is None and self._transport is not None:
+            return self._transport.get_extra_info("socket")
+        return self._conn
+
+    @conn.setter
+    def conn(self, conn: Any) -> None:
+        self._conn = conn
 
     @property
     def received_lines(self) -> list[str]:
@@ -243,10 +255,9 @@ class SMTPChannel(asyncio.Protocol):
         if transport.get_extra_info("ssl_object") is not None:  # implicit TLS (RFC 8314)
             self.session.tls = True
             self._note_tls(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Nagle would hold the greeting and every reply for up to 40 ms.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # (No TCP_NODELAY here: asyncio's loop and uvloop both set it on
+        # every TCP connection, and asking for the socket would keep an
+        # object of uvloop's per session; tests/test_server.py checks it.)
         self._loop = loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
         self.smtp_server._channel_opened(self)

@@ -221,7 +221,7 @@ class _Acceptor(asyncio.Protocol):
             return
         channel = server.channel_class(
             server,
-            transport.get_extra_info("socket"),
+            None,  # the socket: read from the transport when asked for
             peer,
             server.data_size_limit,
             None,

@@ -29,6 +29,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -71,6 +72,14 @@ class BareLinePolicy(Enum):
     STRICT = "strict"
     #: Keep the bytes as the client sent them.
     LENIENT = "lenient"
+
+
+@functools.lru_cache(maxsize=64)
+def _frame_limit(limits: Limits) -> int:
+    """``limits.frame_line``, one int object for all the sessions with the
+    same limits: an int past 256 is an object of its own, 32 octets a
+    session (benchmarks/smtpd_path.py counts an idle session's octets)."""
+    return limits.frame_line
 
 
 @dataclass(slots=True)
@@ -209,7 +218,7 @@ class Framer:
         self._emitted = 0  # the same, as handed out
         self._bare = False
         self._policy = policy
-        self._frame_limit = self._limits.frame_line
+        self._frame_limit = _frame_limit(self._limits)
         self._buf = bytearray()
         self._mode = _Mode.COMMAND
         self._scan = 0  # where the next terminator search starts
@@ -231,7 +240,7 @@ class Framer:
     @limits.setter
     def limits(self, limits: Limits) -> None:
         self._limits = limits
-        self._frame_limit = limits.frame_line
+        self._frame_limit = _frame_limit(limits)
 
     @property
     def buffered(self) -> int:
