@@ -8,6 +8,12 @@ list. The figure is posts accepted and queued per second; after each round
 the ``in`` queue is counted, so every acknowledged post is shown to be on
 disk. Both servers run alone in child processes, as they are shipped
 (``mmgate serve``; ``runner --runner=lmtp``).
+
+The home is made in the temporary directory (``TMPDIR``), and the file
+system it is on is printed with the figures: both servers write a file per
+post, and on ext4 without a journal a new file costs more after many were
+removed (each new inode is checked against those deleted in the last
+minute), so figures from two file systems do not compare.
 """
 
 from __future__ import annotations
@@ -115,6 +121,30 @@ def bench_home() -> tuple[Path, Path, int, int, Path]:
     return var, cfg, lmtp_port, smtp_port, queue_directory("in")
 
 
+def file_system(path: Path) -> str:
+    """The file system ``path`` is on, as the figures depend on it: its
+    type, and for ext4 whether it has a journal (without one, each new
+    inode is checked against those deleted in the last minute, so queue
+    files cost more after many were removed)."""
+    best, fstype, source = "", "unknown", ""
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point = fields[4]
+            tail = fields[fields.index("-") + 1 :]
+            inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, fstype, source = point, tail[0], tail[1]
+    if fstype != "ext4":
+        return fstype
+    task = Path("/sys/fs/ext4", Path(source).name, "journal_task")
+    try:
+        journal = task.read_text().strip() != "<none>"
+    except OSError:
+        return "ext4"
+    return "ext4 with a journal" if journal else "ext4 without a journal"
+
+
 def serve_command(cfg: Path, var: Path, port: int, *extra: str) -> list[str]:
     """``mmgate serve`` on this home; its store (if any) in the same var dir."""
     return [
@@ -141,7 +171,8 @@ def main() -> int:
     var, cfg, lmtp_port, smtp_port, inq = bench_home()
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; 16 connections, 1 KiB posts "
-        f"to one list, {messages} per round, best of {repeat}; Mailman home {var}"
+        f"to one list, {messages} per round, best of {repeat}; Mailman home {var} "
+        f"({file_system(var)})"
     )
     runner = str(Path(sys.executable).with_name("runner"))
     lmtp, _ = measure(
