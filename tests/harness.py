@@ -8,15 +8,27 @@ byte where smtplib would hide what is on the wire.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from mmgate import SMTPServer, runtime
+
+
+def can_build_native() -> bool:
+    """Are a C compiler and Python's headers here? Then the install must
+    have built mmgate's native parts, and a test that finds one missing
+    fails rather than letting the comparisons be skipped unseen."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    return shutil.which(compiler) is not None and headers.exists()
 
 
 class Recorder(SMTPServer):

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mmgate.mailman import spool
+from tests.harness import can_build_native
 
 
 def test_the_native_spool_calls_are_built_wherever_they_can_be():
     """Where a C compiler and Python's headers are, the install built them,
     so the comparisons below run and are not skipped unseen."""
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    headers = Path(sysconfig.get_paths()["include"], "Python.h")
-    if shutil.which(compiler) is None or not headers.exists():
+    if not can_build_native():
         pytest.skip("no C compiler or no Python headers: the Python calls are the ones")
     assert spool._spoolio is not None
 

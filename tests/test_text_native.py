@@ -5,9 +5,6 @@ refusals for any bytes, cut anywhere, under every policy and limit."""
 from __future__ import annotations
 
 import itertools
-import shutil
-import sysconfig
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -23,14 +20,13 @@ from mmgate.smtp.framing import (
     MessageData,
 )
 from mmgate.smtp.limits import Limits
+from tests.harness import can_build_native
 
 
 def test_the_native_reader_is_built_wherever_it_can_be():
     """Where a C compiler and Python's headers are, the install built the
     native reader, so the tests below run and are not skipped unseen."""
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    headers = Path(sysconfig.get_paths()["include"], "Python.h")
-    if shutil.which(compiler) is None or not headers.exists():
+    if not can_build_native():
         pytest.skip("no C compiler or no Python headers: the Python framer is the one")
     assert framing._TextReader is not None
 
