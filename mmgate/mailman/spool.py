@@ -224,14 +224,10 @@ class QueueWriter:
         written = write_files(
             [(qf.path + ".tmp", qf.parts) for files in jobs for qf in files], each_file
         )
-        n = 0
-        for j, files in enumerate(jobs):
-            for qf in files:
-                if written[n] and errors[j] is None:
-                    errors[j] = _error(written[n], qf.path + ".tmp")
-                n += 1
-            if errors[j] is not None:
-                _remove(qf.path + ".tmp" for qf in files)
+        for j, error in enumerate(_first_errors(jobs, written, ".tmp")):
+            if error is not None:
+                errors[j] = error
+                _remove(qf.path + ".tmp" for qf in jobs[j])
         if not each_file:
             directories = {
                 qf.directory
@@ -248,17 +244,31 @@ class QueueWriter:
                             _remove(qf.path + ".tmp" for qf in files)
                             errors[j] = exc
         to_rename = [j for j in range(len(jobs)) if errors[j] is None]
-        renamed = rename_files([(qf.path + ".tmp", qf.path) for j in to_rename for qf in jobs[j]])
-        n = 0
-        for j in to_rename:
-            files = jobs[j]
-            for qf in files:
-                if renamed[n] and errors[j] is None:
-                    errors[j] = _error(renamed[n], qf.path)
-                n += 1
-            if errors[j] is not None:
+        renaming = [jobs[j] for j in to_rename]
+        renamed = rename_files([(qf.path + ".tmp", qf.path) for files in renaming for qf in files])
+        for j, error in zip(to_rename, _first_errors(renaming, renamed, ""), strict=True):
+            if error is not None:
+                errors[j] = error
+                files = jobs[j]
                 _remove([*(qf.path for qf in files), *(qf.path + ".tmp" for qf in files)])
         return errors
+
+
+def _first_errors(
+    jobs: list[list[QueueFile]], codes: list[int], suffix: str
+) -> list[OSError | None]:
+    """Each job's first failure among ``codes`` (one errno per file, in the
+    jobs' order, as the bulk calls return them), naming ``path + suffix``."""
+    out: list[OSError | None] = []
+    codes_left = iter(codes)
+    for files in jobs:
+        error = None
+        for qf in files:
+            code = next(codes_left)
+            if code and error is None:
+                error = _error(code, qf.path + suffix)
+        out.append(error)
+    return out
 
 
 def _error(code: int, path: str) -> OSError:
