@@ -132,17 +132,19 @@ class SpoolFile:
                 os.unlink(self.path)
 
 
-def _glibc(name: str) -> Callable[..., int] | None:
-    """One of glibc's malloc functions, or None where glibc is absent."""
+def libc_function(name: str, *, use_errno: bool = False) -> Callable[..., int] | None:
+    """A C library function that Python's os module does not expose
+    (glibc's malloc tuning, Linux's syncfs), or None where the C library has
+    none; with ``use_errno``, ``ctypes.get_errno()`` tells why a call failed."""
     try:
-        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
+        function: Callable[..., int] = getattr(ctypes.CDLL(None, use_errno=use_errno), name)
     except (OSError, AttributeError):
-        return None  # not glibc
+        return None
     return function
 
 
-_MALLOC_TRIM = _glibc("malloc_trim")
-_MALLOPT = _glibc("mallopt")
+_MALLOC_TRIM = libc_function("malloc_trim")
+_MALLOPT = libc_function("mallopt")
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 #: Blocks at least this big get a mapping of their own.
 LARGE_BLOCK = 1024 * 1024

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mmgate.spoolfile import libc_function
+
 
 @dataclass(frozen=True)
 class QueueFile:
@@ -114,17 +116,7 @@ def py_rename_files(pairs: Sequence[tuple[str, str]], /) -> list[int]:
     return errors
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    """Linux's syncfs(2), which Python's os module does not expose."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    return syncfs
-
-
-_SYNCFS = _load_syncfs()
+_SYNCFS = libc_function("syncfs", use_errno=True)
 
 
 def py_sync_file_system(directory: str, /) -> int:
