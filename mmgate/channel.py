@@ -18,7 +18,7 @@ import inspect
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mmgate import tls
@@ -41,8 +41,13 @@ log = logging.getLogger("mmgate.smtp")
 TLS_HANDSHAKE = 30.0
 T = TypeVar("T")
 _BACKGROUND: set[asyncio.Future[Any]] = set()
-#: EHLO replies by their lines (name and keywords): a TLS session sends two
-_EHLO_REPLIES: dict[tuple[str, ...], Reply] = {}
+
+
+@lru_cache(maxsize=64)  # (bounded: settings may be reloaded many times)
+def _ehlo_reply(lines: tuple[str, ...]) -> Reply:
+    """The EHLO reply of these lines (name, then keywords), made once per
+    set rather than formatted at each EHLO: a TLS session sends two."""
+    return Reply(250, None, "\n".join(lines))
 
 
 def _delegate(name: str, doc: str) -> Any:
@@ -788,13 +793,7 @@ class SMTPChannel(asyncio.Protocol):
         if not hello.extended:
             self.push(f"250 {self.fqdn}")
             return
-        lines = (self.fqdn, *self.extensions())
-        reply = _EHLO_REPLIES.get(lines)
-        if reply is None:  # made once per set of keywords, not per EHLO
-            if len(_EHLO_REPLIES) >= 64:  # settings reloaded many times
-                _EHLO_REPLIES.clear()
-            reply = _EHLO_REPLIES[lines] = Reply(250, None, "\n".join(lines))
-        self.push(reply)
+        self.push(_ehlo_reply((self.fqdn, *self.extensions())))
 
     def _greet(self, hello: Hello) -> None:
         self._abandon_transaction()

@@ -326,7 +326,6 @@ class SMTPServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._large_ended = False  # a large message ended since the last sweep
         self._trim_due = False  # large messages stopped: give memory back
-        self._session_configs: dict[tuple[tuple[str, Any], ...], SessionConfig] = {}
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.max_bad_commands = max_bad_commands
@@ -630,12 +629,7 @@ class SMTPServer:
     def session_config(self, **values: Any) -> SessionConfig:
         """One frozen SessionConfig shared by every session with the same
         values, rather than one per connection."""
-        config = self._session_configs.get(values_key := tuple(values.items()))
-        if config is None:
-            if len(self._session_configs) > 64:  # settings reloaded many times
-                self._session_configs.clear()
-            config = self._session_configs[values_key] = SessionConfig(**values)
-        return config
+        return _shared_session_config(tuple(values.items()))
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop gracefully: no new connections; 421 to idle sessions; let
@@ -684,6 +678,11 @@ class SMTPServer:
     def serve_forever(self) -> None:
         """Block serving this server until SIGTERM/SIGINT (socketserver style)."""
         runtime.run(self.serve())
+
+
+@functools.lru_cache(maxsize=64)  # (bounded: settings may be reloaded many times)
+def _shared_session_config(values: tuple[tuple[str, Any], ...]) -> SessionConfig:
+    return SessionConfig(**dict(values))
 
 
 def set_large_block_policy(servers: Sequence[Listener]) -> None:
