@@ -61,7 +61,7 @@ send_all(Conn *c, const char *p, size_t n)
     }
 }
 
-static int
+static void
 fill(Conn *c)
 {
     if (c->off > 0) {
@@ -70,11 +70,11 @@ fill(Conn *c)
         c->off = 0;
     }
     int room = (int)sizeof(c->buf) - c->len;
-    int r = c->ssl ? SSL_read(c->ssl, c->buf + c->len, room) : (int)read(c->fd, c->buf + c->len, (size_t)room);
+    int r = c->ssl ? SSL_read(c->ssl, c->buf + c->len, room)
+                   : (int)read(c->fd, c->buf + c->len, (size_t)room);
     if (r <= 0)
         die("connection closed");
     c->len += r;
-    return r;
 }
 
 /* One reply (every line of it); its code. */

@@ -3,9 +3,10 @@
  * The native half of mmgate/mailman/spool.py's QueueWriter: it writes a
  * batch of queue files (open, write every part, optionally fsync, close),
  * flushes their file system (syncfs), and renames a batch of files into
- * place, in one stretch each without the GIL.  The Python functions of the same names in spool.py are the
- * reference: tests/test_spoolio.py checks the two leave the same files and
- * report the same errors.
+ * place, in one stretch each without the GIL.  The Python functions of
+ * the same names in spool.py (``py_`` in front) are the reference:
+ * tests/test_spoolio.py checks the two leave the same files and report the
+ * same errors.
  *
  * Why by hand: done with os.open, os.write, os.close and os.rename, each
  * call drops and takes back the GIL, and while the event loop is busy each
