@@ -155,6 +155,39 @@ class _Mode(Enum):
     SKIP = "skip"  #: dropping the octets of a refused BDAT chunk
 
 
+class _Arriving:
+    """What the framer knows of the message arriving, by DATA or BDAT: made
+    as it begins and dropped as it ends, so that an idle session holds none
+    of it (benchmarks/smtpd_path.py counts an idle session's octets)."""
+
+    __slots__ = (
+        "bare",
+        "bdat",
+        "bdat_error",
+        "check",
+        "consumed",
+        "emitted",
+        "error",
+        "held",
+        "last",
+        "long",
+        "size",
+    )
+
+    def __init__(self, check: int = 0, bdat: bytearray | None = None) -> None:
+        self.held = 0  # octets of the message ``hold`` allowed
+        self.consumed = 0  # message octets that left as chunks, as received
+        self.emitted = 0  # the same, as handed out
+        self.bare = False
+        self.check = check  # start of the first line not yet length-checked
+        self.long = False
+        self.size = 0  # message octets dropped while draining
+        self.error: Reply | None = None
+        self.bdat = bdat  # a BDAT message being read (None: a DATA one)
+        self.bdat_error: Reply | None = None  # it is refused; its octets are dropped
+        self.last = False  # the current chunk is the LAST
+
+
 class Framer:
     """Splits a byte stream into command lines and messages.
 
@@ -165,20 +198,11 @@ class Framer:
     """
 
     __slots__ = (
-        "_bare",
-        "_bdat",
-        "_bdat_error",
         "_buf",
-        "_check",
         "_chunk_size",
-        "_consumed",
-        "_emitted",
-        "_error",
         "_frame_limit",
-        "_held",
-        "_last",
         "_limits",
-        "_long",
+        "_message",
         "_mode",
         "_native",
         "_overlong",
@@ -186,7 +210,6 @@ class Framer:
         "_reader",
         "_remaining",
         "_scan",
-        "_size",
         "_skipping",
         "hold",
         "lf_form",
@@ -212,25 +235,16 @@ class Framer:
         #: stay whole in memory for that much more (the owner's memory pool
         #: says); refused, the message leaves as chunks from then on
         self.hold: Callable[[int], bool] | None = None
-        self._held = 0  # octets of the message ``hold`` allowed
         self._chunk_size = chunk_size
-        self._consumed = 0  # message octets that left as chunks, as received
-        self._emitted = 0  # the same, as handed out
-        self._bare = False
         self._policy = policy
         self._frame_limit = _frame_limit(self._limits)
         self._buf = bytearray()
         self._mode = _Mode.COMMAND
         self._scan = 0  # where the next terminator search starts
         self._overlong = 0  # bytes of a command line dropped so far
-        self._check = 0  # start of the first line not yet length-checked
-        self._long = False
-        self._size = 0  # message bytes dropped while draining
-        self._error: Reply | None = None
-        self._bdat: bytearray | None = None  # a BDAT message being read (None: none)
-        self._bdat_error: Reply | None = None  # it is refused; its octets are dropped
+        #: the message arriving (None: none is)
+        self._message: _Arriving | None = None
         self._remaining = 0  # octets of the current chunk still to come
-        self._last = False  # the current chunk is the LAST
         self._skipping = 0  # the size of the chunk being dropped
 
     @property
@@ -284,21 +298,15 @@ class Framer:
             self._buf[0:0] = b"\r\n"
         self._mode = _Mode.DATA
         self._scan = 0
-        self._check = 2
-        self._long = False
-        self._size = 0
-        self._error = None
-        self._consumed = self._emitted = 0
-        self._bare = False
-        self._held = 0
+        self._message = _Arriving(check=2)
 
-    def _holds(self, octets: int) -> bool:
+    def _holds(self, message: _Arriving, octets: int) -> bool:
         """May ``octets`` of message text (a chunk's worth past what was
         held) stay in memory rather than leave as a chunk?"""
-        if self._held + self._chunk_size >= octets:  # type: ignore[operator]
+        if message.held + self._chunk_size >= octets:  # type: ignore[operator]
             return True
-        if self.hold is not None and self._consumed == 0 and self.hold(octets - self._held):
-            self._held = octets
+        if self.hold is not None and message.consumed == 0 and self.hold(octets - message.held):
+            message.held = octets
             return True
         return False
 
@@ -330,23 +338,21 @@ class Framer:
             self._mode = _Mode.SKIP
             self._skipping = size
             return
-        if self._bdat is None:  # the message's first chunk
-            self._bdat = bytearray()
-            self._bdat_error = None
-            self._consumed = self._emitted = 0
+        message = self._message
+        if message is None or message.bdat is None:  # the message's first chunk
+            message = self._message = _Arriving(bdat=bytearray())
         self._mode = _Mode.CHUNK
-        self._last = last
+        message.last = last
 
     def abort_chunks(self) -> None:
         """Forget a BDAT message (RSET, or its transaction ended)."""
-        self._bdat = None
-        self._bdat_error = None
-        self._consumed = self._emitted = 0
+        if self._message is not None and self._message.bdat is not None:
+            self._message = None
 
     @property
     def in_chunks(self) -> bool:
         """A BDAT message has begun and not ended."""
-        return self._bdat is not None
+        return self._message is not None and self._message.bdat is not None
 
     def _next_chunk(self) -> Event | None:
         buf = self._buf
@@ -358,39 +364,40 @@ class Framer:
                 return None
             self._mode = _Mode.COMMAND
             return ChunkSkipped(self._skipping)
-        message = self._bdat
+        state = self._message
+        assert state is not None
+        message = state.bdat
         assert message is not None
-        if self._bdat_error is None:
+        if state.bdat_error is None:
             message += memoryview(buf)[:take]
             limit = self._limits.message_size
-            if limit and self._consumed + len(message) > limit:
-                self._bdat_error = replies.TOO_MUCH_DATA
-        if self._bdat_error is not None:  # refused: counted, not kept
-            self._consumed += len(message) if message else take
+            if limit and state.consumed + len(message) > limit:
+                state.bdat_error = replies.TOO_MUCH_DATA
+        if state.bdat_error is not None:  # refused: counted, not kept
+            state.consumed += len(message) if message else take
             message.clear()
         del buf[:take]
         self._remaining -= take
-        if self._chunk_size and len(message) > self._chunk_size and self._bdat_error is None:
+        if self._chunk_size and len(message) > self._chunk_size and state.bdat_error is None:
             data = bytes(message)
             message.clear()
-            self._consumed += len(data)
-            self._emitted += len(data)
+            state.consumed += len(data)
+            state.emitted += len(data)
             return MessageChunk(data)
         if self._remaining:
             return None
         self._mode = _Mode.COMMAND
-        if not self._last:
-            return ChunkReceived(self._consumed + len(message))
-        data = bytes(message) if self._bdat_error is None else b""
-        event = MessageData(
+        if not state.last:
+            return ChunkReceived(state.consumed + len(message))
+        data = bytes(message) if state.bdat_error is None else b""
+        self._message = None
+        return MessageData(
             data,
-            self._consumed + len(data),
-            self._bdat_error,
-            chunked=self._emitted > 0,
+            state.consumed + len(data),
+            state.bdat_error,
+            chunked=state.emitted > 0,
             raw=True,
         )
-        self.abort_chunks()
-        return event
 
     # -- command lines ---------------------------------------------------
     def _odd_line(self, i: int) -> Event | None:
@@ -418,19 +425,21 @@ class Framer:
         reader = self._reader
         assert reader is not None
         buf = self._buf
+        message = self._message
+        assert message is not None
         end = reader.feed(buf) if buf else -1
         if end < 0:
             buf.clear()
-            if self._chunk_size and not self._holds(reader.pending):
+            if self._chunk_size and not self._holds(message, reader.pending):
                 data = reader.take()
-                self._held = 0
-                self._consumed += len(data)
+                message.held = 0
+                message.consumed += len(data)
                 return MessageChunk(data)
             return None
         del buf[:end]
-        chunked = self._consumed > 0
+        chunked = message.consumed > 0
         self._mode = _Mode.COMMAND
-        self._consumed = 0
+        self._message = None
         self._reader = None
         error = reader.error
         if error:  # (a refused message's text was dropped as it came)
@@ -448,75 +457,75 @@ class Framer:
     # -- message text, in Python -----------------------------------------
     def _next_message(self) -> Event | None:
         buf = self._buf
+        message = self._message
+        assert message is not None
         end = buf.find(_END_OF_DATA, self._scan)
         if self._mode is _Mode.DRAIN:
             if end < 0:
                 keep = min(len(buf), 4)
-                self._size += len(buf) - keep
+                message.size += len(buf) - keep
                 del buf[: len(buf) - keep]
                 self._scan = 0
                 return None
-            size = self._size + end
+            size = message.size + end
             del buf[: end + len(_END_OF_DATA)]
-            chunked = self._consumed > 0
-            bare = self._error is replies.BARE_LINE_ENDING
-            return self._finish(MessageData(b"", size, self._error, bare, chunked=chunked))
+            chunked = message.consumed > 0
+            bare = message.error is replies.BARE_LINE_ENDING
+            return self._finish(MessageData(b"", size, message.error, bare, chunked=chunked))
         stop = end + 2 if end >= 0 else len(buf)
         limit = self._limits.message_size
         # Before the end, the last two octets may be the end's ".\r": the
         # text is surely too big only past them (refused whatever the cuts).
-        if limit and self._consumed + stop - (2 if end >= 0 else 4) > limit:
-            return self._refuse(replies.TOO_MUCH_DATA)
-        if not self._long and self._has_long_line(stop):
-            self._long = True
+        if limit and message.consumed + stop - (2 if end >= 0 else 4) > limit:
+            return self._refuse(message, replies.TOO_MUCH_DATA)
+        if not message.long and self._has_long_line(message, stop):
+            message.long = True
             if not self._limits.lenient_text_lines:
-                return self._refuse(replies.TEXT_LINE_TOO_LONG)
+                return self._refuse(message, replies.TEXT_LINE_TOO_LONG)
         if end < 0:
-            if self._chunk_size and not self._holds(len(buf) - 2):
+            if self._chunk_size and not self._holds(message, len(buf) - 2):
                 j = buf.rfind(b"\n", 2)
                 if j > 2:
-                    return self._chunk(j)
+                    return self._chunk(message, j)
             self._scan = max(len(buf) - 4, 0)
             return None
         lead = buf[:2] == b"\r\n"
         data = bytes(memoryview(buf)[2:stop])
         del buf[: end + len(_END_OF_DATA)]
-        return self._finish(self._message(data, lead, self._consumed + end - 2))
+        return self._finish(self._whole(message, data, lead, message.consumed + end - 2))
 
-    def _chunk(self, j: int) -> Event | None:
+    def _chunk(self, message: _Arriving, j: int) -> Event | None:
         """Hand out the whole lines in ``buf[2:j+1]``; keep from ``j - 1`` on."""
         buf = self._buf
         lead = buf[:2] == b"\r\n"
         raw = bytes(memoryview(buf)[2 : j + 1])
         del buf[: j - 1]
-        self._held = 0
+        message.held = 0
         self._scan = 0
-        self._check = max(self._check - (j - 1), 2)
-        self._consumed += len(raw)
+        message.check = max(message.check - (j - 1), 2)
+        message.consumed += len(raw)
         data, bare = self._text(raw, lead)
         if bare and self._policy is BareLinePolicy.STRICT:
-            return self._refuse(replies.BARE_LINE_ENDING)
-        self._bare |= bare
-        self._emitted += len(data)
+            return self._refuse(message, replies.BARE_LINE_ENDING)
+        message.bare |= bare
+        message.emitted += len(data)
         return MessageChunk(data)
 
-    def _refuse(self, error: Reply) -> Event | None:
+    def _refuse(self, message: _Arriving, error: Reply) -> Event | None:
         """Refuse the message being read: drop its text, look for its end."""
-        self._error = error
+        message.error = error
         self._mode = _Mode.DRAIN
-        self._size = self._consumed - 2  # the two octets kept are not the text's
+        message.size = message.consumed - 2  # the two octets kept are not the text's
         self._scan = 0
         return self._next_message()
 
     def _finish(self, event: MessageData) -> MessageData:
         self._mode = _Mode.COMMAND
         self._scan = 0
-        self._error = None
-        self._consumed = self._emitted = 0
-        self._bare = False
+        self._message = None
         return event
 
-    def _has_long_line(self, stop: int) -> bool:
+    def _has_long_line(self, message: _Arriving, stop: int) -> bool:
         """Is a text line in ``buf[check:stop]`` over the limit?
 
         Each step looks for the *last* LF within one limit's width, so a step
@@ -525,14 +534,14 @@ class Framer:
         """
         buf = self._buf
         width = self._limits.text_line + 1
-        pos = self._check
+        pos = message.check
         while pos + width <= stop:
             j = buf.rfind(b"\n", pos, pos + width)
             if j < 0:
-                self._check = pos
+                message.check = pos
                 return True
             pos = j + 1
-        self._check = pos
+        message.check = pos
         return False
 
     def _text(self, data: bytes, lead: bool) -> tuple[bytes, bool]:
@@ -548,16 +557,17 @@ class Framer:
             data = _ANY_LINE_ENDING.sub(b"\r\n", data)
         return data, bare
 
-    def _message(self, data: bytes, lead: bool, received: int) -> MessageData:
-        """``received``: the octets of text as sent, without the last CRLF
-        (what a refused message reports as its size)."""
-        chunked = self._consumed > 0
+    def _whole(self, message: _Arriving, data: bytes, lead: bool, received: int) -> MessageData:
+        """The message's last (or only) part. ``received``: the octets of
+        text as sent, without the last CRLF (what a refused message reports
+        as its size)."""
+        chunked = message.consumed > 0
         data, bare = self._text(data, lead)
-        bare |= self._bare
+        bare |= message.bare
         if bare and self._policy is BareLinePolicy.STRICT:
             return MessageData(b"", received, replies.BARE_LINE_ENDING, True, chunked=chunked)
-        size = self._emitted + len(data)
-        return MessageData(data, size, None, bare, self._long, chunked)
+        size = message.emitted + len(data)
+        return MessageData(data, size, None, bare, message.long, chunked)
 
 
 _POLICY_CODES = {
