@@ -71,6 +71,23 @@ def _handler_name(verb: str) -> str:
     return sys.intern("smtp_" + verb)
 
 
+class _Inbound:
+    """A message a channel takes in: its share of the memory budget, its
+    spool, its pace. Made at DATA (or the first BDAT) and dropped as its
+    transaction ends, so that an idle session holds none of it."""
+
+    __slots__ = ("delivering", "held", "octets", "since", "spool", "spool_failed")
+
+    def __init__(self) -> None:
+        self.spool: SpoolFile | None = None  # the message arriving, on disk
+        self.spool_failed = False
+        self.held = 0  # octets of it kept whole, from the spool memory pool
+        self.delivering: SpoolFile | None = None  # the message being delivered
+        #: when its text began to arrive (None: it is all here)
+        self.since: float | None = None
+        self.octets = 0  # octets of text so far, for the pace
+
+
 class SMTPChannel(asyncio.Protocol):
     """One SMTP session between the server and a client.
 
@@ -96,21 +113,15 @@ class SMTPChannel(asyncio.Protocol):
         "_busy",
         "_closing",
         "_conn",
-        "_data_octets",
-        "_data_since",
         "_decode_data",
-        "_delivering",
         "_forwarded",
         "_gone",
-        "_held",
+        "_inbound",
         "_last_activity",
         "_line",
         "_loop",
         "_notes",
         "_partial_since",
-        "_reserved",
-        "_spool",
-        "_spool_failed",
         "_transport",
         "_txn",
         "_write_paused",
@@ -168,11 +179,9 @@ class SMTPChannel(asyncio.Protocol):
                 chunking=server.offers_chunking,
             )
         )
-        self._reserved = False  # this session's share of the memory budget
-        self._spool: SpoolFile | None = None  # the message arriving, on disk
-        self._spool_failed = False
-        self._held = 0  # octets of the arriving message kept whole, from the pool
-        self._delivering: SpoolFile | None = None  # the message being delivered
+        #: the message taken in, from DATA (or its first BDAT) until its
+        #: transaction ends; None: none is, and none of the budget is held
+        self._inbound: _Inbound | None = None
         # plugins' notes and XFORWARD's attributes: made when first used
         self._notes: dict[str, Any] | None = None
         self._txn: dict[str, Any] | None = None
@@ -195,8 +204,6 @@ class SMTPChannel(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_activity = 0.0
         self._partial_since: float | None = None  # a command line is arriving
-        self._data_since: float | None = None  # message text is arriving (DATA)
-        self._data_octets = 0
 
     @property
     def conn(self) -> Any:
@@ -309,14 +316,16 @@ class SMTPChannel(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         loop = self._loop or asyncio.get_running_loop()
         now = self._last_activity = loop.time()
-        if self._data_since is not None:
-            self._data_octets += len(data)
+        inbound = self._inbound
+        if inbound is not None and inbound.since is not None:
+            inbound.octets += len(data)
         elif self._partial_since is None:
             self._partial_since = now  # a command line begins
         framer = self.session.framer
         framer.receive_data(data)
         self._process()
-        if self._data_since is None and not framer.buffered:
+        inbound = self._inbound
+        if (inbound is None or inbound.since is None) and not framer.buffered:
             self._partial_since = None  # every line that came is complete
 
     def check_pace(self, now: float) -> None:
@@ -327,15 +336,16 @@ class SMTPChannel(asyncio.Protocol):
         if self._transport is None or self._closing or self._busy:
             return
         server = self.smtp_server
+        inbound = self._inbound
         if server.idle_timeout and now - self._last_activity > server.idle_timeout:
             log.info("%s: idle timeout", self._peer_text)
             self._give_up(replies.TIMEOUT)
-        elif self._data_since is not None:
-            elapsed = now - self._data_since
+        elif inbound is not None and inbound.since is not None:
+            elapsed = now - inbound.since
             if (
                 server.min_data_rate
                 and elapsed > server.data_rate_grace
-                and self._data_octets < server.min_data_rate * elapsed
+                and inbound.octets < server.min_data_rate * elapsed
             ):
                 log.info("%s: message text too slow", self._peer_text)
                 self._give_up(replies.DATA_TOO_SLOW)
@@ -526,53 +536,64 @@ class SMTPChannel(asyncio.Protocol):
         self.transaction_ended()
         self.received_data = ""
         self._drop_message()
-        self._data_since = None
+
+    def _take_in(self) -> _Inbound | None:
+        """The message about to come (DATA, or a first BDAT), with its share
+        of the memory budget; None, the budget is spent."""
+        if self._inbound is None:
+            if not self.smtp_server._reserve_message():
+                return None
+            self._inbound = _Inbound()
+        return self._inbound
 
     def _drop_message(self) -> None:
         """Give back the memory budget and remove the spool files."""
-        if self._reserved:
-            self._reserved = False
-            self.smtp_server._release_message()
-        self._give_back_held()
+        inbound, self._inbound = self._inbound, None
         self.session.framer.hold = None  # no cycle through the channel
-        for spool in (self._spool, self._delivering):
+        if inbound is None:
+            return
+        server = self.smtp_server
+        server._release_message()
+        if inbound.held:
+            server.spool_memory.give(inbound.held)
+        for spool in (inbound.spool, inbound.delivering):
             if spool is not None:
                 spool.remove()
-        self._spool = self._delivering = None
-        self._spool_failed = False
 
     def _hold(self, octets: int) -> bool:
         """May the framer keep ``octets`` more of a message in memory, whole?
         Only for a server that reads it whole anyway, and while the spool
         memory pool has room: a message kept whole is handed over without
         a copy, a spooled one is joined or read back from disk."""
-        if not self.smtp_server.spool_memory.take(octets, whole=True):
+        inbound = self._inbound
+        if inbound is None or not self.smtp_server.spool_memory.take(octets, whole=True):
             return False
-        self._held += octets
+        inbound.held += octets
         return True
-
-    def _give_back_held(self) -> None:
-        if self._held:
-            self.smtp_server.spool_memory.give(self._held)
-            self._held = 0
 
     def _spool_chunk(self, data: bytes) -> None:
         """Part of a large message: onto disk, not into memory."""
-        self._give_back_held()  # what was kept whole leaves in this chunk
-        if self._spool_failed:
+        inbound = self._inbound
+        assert inbound is not None  # (text comes only after DATA or BDAT took it in)
+        if inbound.held:  # what was kept whole leaves in this chunk
+            self.smtp_server.spool_memory.give(inbound.held)
+            inbound.held = 0
+        if inbound.spool_failed:
             return
         try:
-            if self._spool is None:
+            if inbound.spool is None:
                 server = self.smtp_server
-                self._spool = SpoolFile(server.spool_dir, server.spool_memory)
-            self._spool.write(data)
+                inbound.spool = SpoolFile(server.spool_dir, server.spool_memory)
+            inbound.spool.write(data)
         except OSError as exc:
             log.error("%s: cannot spool a message: %s", self._peer_text, exc)
-            self._spool_failed = True
+            inbound.spool_failed = True
 
     # -- the message -----------------------------------------------------
     def _on_message(self, event: MessageData) -> None:
-        self._data_since = None
+        inbound = self._inbound
+        assert inbound is not None  # (text comes only after DATA or BDAT took it in)
+        inbound.since = None
         if event.error is not None:
             log.info("%s: message refused: %s", self._peer_text, event.error)
             self._end_transaction(event.error)
@@ -582,13 +603,13 @@ class SMTPChannel(asyncio.Protocol):
         # A BDAT message is raw (bare CR or LF, binary): a server that puts
         # it back on the wire gets it as it came, never through smtpd's form.
         if event.chunked or (event.raw and server.takes_spooled):
-            spool, self._spool = self._spool, None
+            spool, inbound.spool = inbound.spool, None
             if spool is None and not event.chunked:
                 spool = SpoolFile(server.spool_dir, server.spool_memory)
             try:
-                if spool is None or self._spool_failed:
+                if spool is None or inbound.spool_failed:
                     raise OSError("the spool could not be written")
-                self._delivering = spool
+                inbound.delivering = spool
                 spool.write(event.data)
                 spool.finish()
             except OSError as exc:
@@ -918,19 +939,15 @@ class SMTPChannel(asyncio.Protocol):
         first = self.session.phase is not Phase.CHUNKS
         if refusal is None and first:
             refusal = self.smtp_server.data_refusal(self)
-            if refusal is None and not self._reserved:
-                if self.smtp_server._reserve_message():
-                    self._reserved = True
-                else:
-                    log.warning("%s: BDAT refused: the memory budget is spent", self._peer_text)
-                    refusal = replies.INSUFFICIENT_STORAGE
+            if refusal is None and self._take_in() is None:
+                log.warning("%s: BDAT refused: the memory budget is spent", self._peer_text)
+                refusal = replies.INSUFFICIENT_STORAGE
         if refusal is not None:
             self.push(refusal)
             self.session.framer.start_chunk(bdat.size, bdat.last, keep=False)
             return
         if first:
-            self._data_since = self._last_activity
-            self._data_octets = self.session.framer.buffered
+            self._text_begins()
         self.session.start_chunk(bdat)
 
     def smtp_DATA(self, arg: str | None) -> None:
@@ -940,12 +957,10 @@ class SMTPChannel(asyncio.Protocol):
         if refusal is not None:
             self.push(refusal)
             return
-        if not self._reserved:
-            if not self.smtp_server._reserve_message():
-                log.warning("%s: DATA refused: the message memory budget is spent", self._peer_text)
-                self.push(replies.INSUFFICIENT_STORAGE)
-                return
-            self._reserved = True
+        if self._take_in() is None:
+            log.warning("%s: DATA refused: the message memory budget is spent", self._peer_text)
+            self.push(replies.INSUFFICIENT_STORAGE)
+            return
         server = self.smtp_server
         # Nothing but process_message reads the text (no hooks, no server
         # that streams it): it may stay whole in memory, and be written in
@@ -955,7 +970,15 @@ class SMTPChannel(asyncio.Protocol):
         framer.hold = self._hold if whole else None
         framer.lf_form = whole and server.data_line_ending == "\n"
         self.session.start_data()
-        self._data_since = self._last_activity  # the DATA line's arrival: no clock read
-        self._data_octets = self.session.framer.buffered
-        self._partial_since = None
+        self._text_begins()
         self.push(replies.START_DATA)
+
+    def _text_begins(self) -> None:
+        """The message text's pace is measured from here: the DATA (or
+        first BDAT) line's arrival, no clock read; what came behind that
+        line counts."""
+        inbound = self._inbound
+        assert inbound is not None
+        inbound.since = self._last_activity
+        inbound.octets = self.session.framer.buffered
+        self._partial_since = None
