@@ -18,6 +18,7 @@ import inspect
 import logging
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -113,13 +114,11 @@ class SMTPChannel(asyncio.Protocol):
         "_busy",
         "_closing",
         "_conn",
-        "_decode_data",
         "_forwarded",
         "_gone",
+        "_idle_since",
         "_inbound",
-        "_last_activity",
         "_line",
-        "_loop",
         "_notes",
         "_partial_since",
         "_transport",
@@ -129,7 +128,6 @@ class SMTPChannel(asyncio.Protocol):
         "enable_SMTPUTF8",
         "fqdn",
         "last_message",
-        "peer",
         "received_data",
         "session",
         "smtp_server",
@@ -162,7 +160,6 @@ class SMTPChannel(asyncio.Protocol):
         self._conn = conn
         self.addr = addr
         self.enable_SMTPUTF8 = enable_SMTPUTF8
-        self._decode_data = decode_data
         limits = server.limits
         if limits.message_size != (data_size_limit or None):
             limits = dataclasses.replace(limits, message_size=data_size_limit or None)
@@ -195,14 +192,13 @@ class SMTPChannel(asyncio.Protocol):
         #: line endings), for process_message code that reports on them.
         self.last_message: MessageData | None = None
         self.fqdn = server.fqdn
-        self.peer = addr
         self._batching = False
         self._busy = False  # waiting for work done elsewhere (wait_for, process_message)
         self._write_paused = False
         self._closing = False
         self._transport: asyncio.Transport | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_activity = 0.0
+        #: the sweep that first found the session quiet (None: active since)
+        self._idle_since: float | None = None
         self._partial_since: float | None = None  # a command line is arriving
 
     @property
@@ -254,6 +250,21 @@ class SMTPChannel(asyncio.Protocol):
         self.session.set_message_size(size)
 
     @property
+    def peer(self) -> Any:
+        """The client's address (smtpd's ``peer``): ``addr``, one object."""
+        return self.addr
+
+    @peer.setter
+    def peer(self, value: Any) -> None:
+        self.addr = value
+
+    @property
+    def _decode_data(self) -> bool:
+        """The text is handed over as str (smtpd's ``_decode_data``), in the
+        session's settings: then 8BITMIME is not offered, as in smtpd."""
+        return not self.session.config.eight_bit
+
+    @property
     def client_ip(self) -> str:
         """The client's address, as relay control, plugins and the journal
         judge it: the connecting host's, or the one a trusted MTA in front
@@ -280,8 +291,6 @@ class SMTPChannel(asyncio.Protocol):
         # (No TCP_NODELAY here: asyncio's loop and uvloop both set it on
         # every TCP connection, and asking for the socket would keep an
         # object of uvloop's per session; tests/test_server.py checks it.)
-        self._loop = loop = asyncio.get_running_loop()
-        self._last_activity = loop.time()
         self.smtp_server._channel_opened(self)
         hooks = self.smtp_server.hooks
         if hooks.has("connect"):
@@ -314,33 +323,42 @@ class SMTPChannel(asyncio.Protocol):
             self._background(hooks.run("disconnect", self))
 
     def data_received(self, data: bytes) -> None:
-        loop = self._loop or asyncio.get_running_loop()
-        now = self._last_activity = loop.time()
+        self._idle_since = None  # active: no clock read (see check_pace)
         inbound = self._inbound
         if inbound is not None and inbound.since is not None:
             inbound.octets += len(data)
-        elif self._partial_since is None:
-            self._partial_since = now  # a command line begins
         framer = self.session.framer
         framer.receive_data(data)
         self._process()
         inbound = self._inbound
-        if (inbound is None or inbound.since is None) and not framer.buffered:
+        if inbound is not None and inbound.since is not None:
+            return  # message text: its pace is what counts
+        if not framer.buffered:
             self._partial_since = None  # every line that came is complete
+        elif self._partial_since is None:
+            # (time.monotonic, not the loop's: no loop to keep, and on
+            # Python 3.11 asyncio.get_running_loop() costs a getpid)
+            self._partial_since = time.monotonic()  # a command line is arriving
 
     def check_pace(self, now: float) -> None:
         """The server's sweep: a session idle too long, a command line too
         slow to arrive, or message text below the minimum rate ends the
         session (421 4.4.2). One sweep for all sessions, not a timer each:
-        an idle session then holds no timer at all."""
+        an idle session then holds no timer at all, and no time of its own
+        either. Idleness counts from the first sweep that finds the session
+        quiet (``now``, one object for all): a timeout comes at most one
+        sweep later than to the instant, never earlier."""
         if self._transport is None or self._closing or self._busy:
             return
         server = self.smtp_server
-        inbound = self._inbound
-        if server.idle_timeout and now - self._last_activity > server.idle_timeout:
+        if self._idle_since is None:
+            self._idle_since = now  # active since the last sweep
+        elif server.idle_timeout and now - self._idle_since > server.idle_timeout:
             log.info("%s: idle timeout", self._peer_text)
             self._give_up(replies.TIMEOUT)
-        elif inbound is not None and inbound.since is not None:
+            return
+        inbound = self._inbound
+        if inbound is not None and inbound.since is not None:
             elapsed = now - inbound.since
             if (
                 server.min_data_rate
@@ -515,7 +533,7 @@ class SMTPChannel(asyncio.Protocol):
         self._resume()
 
     def _resume(self) -> None:
-        self._partial_since = None  # the wait was ours, not the client's
+        self._partial_since = self._idle_since = None  # the wait was ours, not the client's
         if self._transport is None:
             self._reset_transaction()  # the client left while we waited
             return
@@ -974,11 +992,10 @@ class SMTPChannel(asyncio.Protocol):
         self.push(replies.START_DATA)
 
     def _text_begins(self) -> None:
-        """The message text's pace is measured from here: the DATA (or
-        first BDAT) line's arrival, no clock read; what came behind that
-        line counts."""
+        """The message text's pace is measured from here, the DATA (or
+        first BDAT) line; what came behind that line counts."""
         inbound = self._inbound
         assert inbound is not None
-        inbound.since = self._last_activity
+        inbound.since = time.monotonic()
         inbound.octets = self.session.framer.buffered
         self._partial_since = None

@@ -22,6 +22,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -600,11 +601,10 @@ class SMTPServer:
         arriving for longer than ``command_timeout``, or whose message text
         averages less than ``min_data_rate`` after ``data_rate_grace``
         (421 4.4.2). The settings are read each time: a reload changes them."""
-        loop = asyncio.get_running_loop()
         while True:
             timeouts = [t for t in (self.idle_timeout, self.command_timeout) if t]
             await asyncio.sleep(min([1.0, *(t / 2 for t in timeouts)]))
-            now = loop.time()
+            now = time.monotonic()  # the channels' clock
             for channel in list(self._channels):
                 channel.check_pace(now)
             # A sweep with no large message ended after one with some: the
