@@ -115,7 +115,6 @@ class SMTPChannel(asyncio.Protocol):
         "_closing",
         "_conn",
         "_forwarded",
-        "_gone",
         "_idle_since",
         "_inbound",
         "_line",
@@ -125,7 +124,6 @@ class SMTPChannel(asyncio.Protocol):
         "_txn",
         "_write_paused",
         "addr",
-        "enable_SMTPUTF8",
         "fqdn",
         "last_message",
         "received_data",
@@ -159,7 +157,6 @@ class SMTPChannel(asyncio.Protocol):
         self.smtp_server = server
         self._conn = conn
         self.addr = addr
-        self.enable_SMTPUTF8 = enable_SMTPUTF8
         limits = server.limits
         if limits.message_size != (data_size_limit or None):
             limits = dataclasses.replace(limits, message_size=data_size_limit or None)
@@ -185,7 +182,6 @@ class SMTPChannel(asyncio.Protocol):
         self._forwarded: dict[str, str] | None = None
         #: the TLS in force, in Postfix's words (None: plaintext)
         self.tls_info: str | None = None
-        self._gone = False
         self._line: str | None = None
         self.received_data: str | bytes = ""
         #: The framer's account of the last message (size, long lines, bare
@@ -259,6 +255,15 @@ class SMTPChannel(asyncio.Protocol):
         self.addr = value
 
     @property
+    def enable_SMTPUTF8(self) -> bool:
+        """SMTPUTF8 is offered (RFC 6531), in the session's settings."""
+        return self.session.config.smtputf8
+
+    @enable_SMTPUTF8.setter
+    def enable_SMTPUTF8(self, value: bool) -> None:
+        self.session.config = dataclasses.replace(self.session.config, smtputf8=value)
+
+    @property
     def _decode_data(self) -> bool:
         """The text is handed over as str (smtpd's ``_decode_data``), in the
         session's settings: then 8BITMIME is not offered, as in smtpd."""
@@ -311,9 +316,8 @@ class SMTPChannel(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._gone:
+        if self._transport is None:
             return  # said already (a failed TLS handshake)
-        self._gone = True
         self._transport = None
         if not self._busy:
             self._reset_transaction()  # a message in processing ends on its own

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from mmgate.smtp import replies
 from mmgate.smtp.framing import (
     BareLinePolicy,
+    ChunkReceived,
+    ChunkSkipped,
     CommandLine,
     Framer,
     LineTooLong,
@@ -246,3 +248,30 @@ def test_a_chunked_message_over_the_size_limit_is_refused_and_drained():
     assert chunks and sum(len(c.data) for c in chunks) <= 100_000
     assert isinstance(final, MessageData) and final.error == replies.TOO_MUCH_DATA
     assert final.chunked and framer.buffered == 0
+
+
+def test_drained_framers_share_one_empty_buffer_that_nothing_writes_to():
+    """An idle session holds no buffer of its own (benchmarks/smtpd_path.py
+    counts its octets): a framer with nothing buffered points at one shared
+    empty buffer. Whatever comes next (message text, a BDAT chunk of no
+    octets, a refused one, STARTTLS's discard), that buffer stays empty."""
+    from mmgate.smtp import framing
+
+    for native in (True, False):
+        first, second = Framer(native=native), Framer(native=native)
+        assert events(first, b"EHLO a\r\n", b"MAIL FROM:<a@b>\r\n") == [
+            CommandLine(b"EHLO a"),
+            CommandLine(b"MAIL FROM:<a@b>"),
+        ]
+        assert events(second, b"NOOP\r\n") == [CommandLine(b"NOOP")]
+        assert first._buf is second._buf is framing._DRAINED  # shared, not one each
+        assert first.discard() == 0
+        first.start_chunk(0, last=False)
+        assert isinstance(first.next_event(), ChunkReceived)
+        first.start_chunk(0, last=True, keep=False)
+        assert isinstance(first.next_event(), ChunkSkipped)
+        first.abort_chunks()
+        first.start_data()
+        assert events(first, b"text\r\n.\r\n") == [MessageData(b"text\r\n", 6)]
+        assert events(first, b"QUIT\r\n") == [CommandLine(b"QUIT")]
+        assert not framing._DRAINED  # never written
