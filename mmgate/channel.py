@@ -33,7 +33,7 @@ from mmgate.smtp.limits import DATA_SIZE_DEFAULT, Limits
 from mmgate.smtp.replies import Reply
 from mmgate.smtp.session import MadeOnUse, Session, printable
 from mmgate.smtp.state import Phase
-from mmgate.spoolfile import Spooled, SpoolFile
+from mmgate.spoolfile import MemoryPool, Spooled, SpoolFile
 
 if TYPE_CHECKING:
     from mmgate.server import SMTPServer
@@ -87,6 +87,12 @@ class _Inbound:
         #: when its text began to arrive (None: it is all here)
         self.since: float | None = None
         self.octets = 0  # octets of text so far, for the pace
+
+    def give_back_held(self, pool: MemoryPool) -> None:
+        """The octets kept whole go back to the spool memory pool."""
+        if self.held:
+            pool.give(self.held)
+            self.held = 0
 
 
 class SMTPChannel(asyncio.Protocol):
@@ -576,8 +582,7 @@ class SMTPChannel(asyncio.Protocol):
             return
         server = self.smtp_server
         server._release_message()
-        if inbound.held:
-            server.spool_memory.give(inbound.held)
+        inbound.give_back_held(server.spool_memory)
         for spool in (inbound.spool, inbound.delivering):
             if spool is not None:
                 spool.remove()
@@ -597,9 +602,7 @@ class SMTPChannel(asyncio.Protocol):
         """Part of a large message: onto disk, not into memory."""
         inbound = self._inbound
         assert inbound is not None  # (text comes only after DATA or BDAT took it in)
-        if inbound.held:  # what was kept whole leaves in this chunk
-            self.smtp_server.spool_memory.give(inbound.held)
-            inbound.held = 0
+        inbound.give_back_held(self.smtp_server.spool_memory)  # it leaves in this chunk
         if inbound.spool_failed:
             return
         try:

@@ -360,7 +360,7 @@ class Framer:
 
     def abort_chunks(self) -> None:
         """Forget a BDAT message (RSET, or its transaction ended)."""
-        if self._message is not None and self._message.bdat is not None:
+        if self.in_chunks:
             self._message = None
 
     @property
