@@ -72,6 +72,9 @@ def _handler_name(verb: str) -> str:
     return sys.intern("smtp_" + verb)
 
 
+_DATA_PHASES = frozenset({Phase.DATA, Phase.RECEIVED})  # smtpd's DATA state
+
+
 class _Inbound:
     """A message a channel takes in: its share of the memory budget, its
     spool, its pace. Made at DATA (or the first BDAT) and dropped as its
@@ -237,7 +240,7 @@ class SMTPChannel(asyncio.Protocol):
     @property
     def smtp_state(self) -> int:
         """``COMMAND``, or ``DATA`` from the DATA line until the message's reply."""
-        return self.DATA if self.session.phase in (Phase.DATA, Phase.RECEIVED) else self.COMMAND
+        return self.DATA if self.session.phase in _DATA_PHASES else self.COMMAND
 
     @property
     def limits(self) -> Limits:
@@ -339,11 +342,11 @@ class SMTPChannel(asyncio.Protocol):
             inbound.octets += len(data)
         framer = self.session.framer
         framer.receive_data(data)
-        self._process()
+        drained = self._process()
         inbound = self._inbound
         if inbound is not None and inbound.since is not None:
             return  # message text: its pace is what counts
-        if not framer.buffered:
+        if drained or not framer.buffered:
             self._partial_since = None  # every line that came is complete
         elif self._partial_since is None:
             # (time.monotonic, not the loop's: no loop to keep, and on
@@ -429,8 +432,11 @@ class SMTPChannel(asyncio.Protocol):
             self._transport.close()
 
     # -- the receive loop ------------------------------------------------
-    def _process(self) -> None:
+    def _process(self) -> bool:
+        """Handle what the framer has, until it waits for more or the session
+        is held; True if it ended because every octet was taken."""
         session = self.session
+        drained = False
         framer = session.framer
         self._batching = True
         try:
@@ -449,12 +455,14 @@ class SMTPChannel(asyncio.Protocol):
                 else:
                     self._on_message(event)
                 if framer.waiting:
+                    drained = True
                     break  # all that came is handled (the common case)
             if session.closing and not self._closing:
                 self.close_when_done()  # the session said 421 (too many errors)
         finally:
             self._batching = False
             self._flush()
+        return drained
 
     def _on_command(self, command: Command) -> None:
         """Run the command's ``smtp_`` method, if it is known, offered and in
@@ -648,15 +656,15 @@ class SMTPChannel(asyncio.Protocol):
         event.data = b""
         self.last_message = event
         self._busy = True
-        assert self.mailfrom is not None
-        hooks = server.hooks
+        session = self.session
+        assert session.mailfrom is not None
         outcome: asyncio.Future[Reply | str] | Reply | str
-        if hooks.on_message:
+        if server.hooks.on_message:
             outcome = asyncio.ensure_future(self._through_hooks(event, source))
         else:
             data = self._smtpd_data(source, event.lf)
             outcome = server._dispatch_message(
-                self, self.peer, self.mailfrom, list(self.rcpttos), data, event
+                self, self.addr, session.mailfrom, list(session.rcpttos), data, event
             )
             if not isinstance(outcome, asyncio.Future):  # answered inline, as smtpd did
                 self._busy = False
@@ -682,7 +690,7 @@ class SMTPChannel(asyncio.Protocol):
             # smtpd's form: LF line endings, without the final one (a BDAT
             # message may have none)
             raw = (raw[:-2] if raw.endswith(b"\r\n") else raw).replace(b"\r\n", b"\n")
-        data = raw.decode("utf-8", "surrogateescape") if self._decode_data else raw
+        data = raw if self.session.config.eight_bit else raw.decode("utf-8", "surrogateescape")
         self.received_data = data
         return data
 
@@ -961,7 +969,7 @@ class SMTPChannel(asyncio.Protocol):
             self.session.close(replies.TOO_MANY_ERRORS.with_text("Cannot frame BDAT, closing"))
             return
         refusal = self.session.chunk_refusal()
-        first = self.session.phase is not Phase.CHUNKS
+        first = self.session.phase is not state.P_CHUNKS
         if refusal is None and first:
             refusal = self.smtp_server.data_refusal(self)
             if refusal is None and self._take_in() is None:
@@ -976,7 +984,10 @@ class SMTPChannel(asyncio.Protocol):
         self.session.start_chunk(bdat)
 
     def smtp_DATA(self, arg: str | None) -> None:
-        if self._parse(self.session.data, arg) is None:
+        try:
+            self.session.data(arg)
+        except ProtocolError as exc:
+            self.push(exc.reply)
             return
         refusal = self.smtp_server.data_refusal(self)
         if refusal is not None:

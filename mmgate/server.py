@@ -452,17 +452,24 @@ class SMTPServer:
         # smtpd's way: on this thread, one call at a time, in order.
         token = current_channel.set(channel)
         try:
+            # (no typing.cast here: at run time it is a call of its own)
             if self._pm_options:
                 result = self.process_message(
-                    peer, mailfrom, rcpttos, cast(Any, data), **self._options(channel)
+                    peer,
+                    mailfrom,
+                    rcpttos,
+                    data,  # type: ignore[arg-type]
+                    **self._options(channel),
                 )
             else:
-                result = self.process_message(peer, mailfrom, rcpttos, cast(Any, data))
+                result = self.process_message(peer, mailfrom, rcpttos, data)  # type: ignore[arg-type]
         except Exception:
             result = _failed(peer)
         finally:
             current_channel.reset(token)
-        if not isinstance(result, Reply | str | None) and inspect.isawaitable(result):
+        if result is None:  # (the common case first)
+            return replies.MESSAGE_ACCEPTED
+        if not isinstance(result, Reply | str) and inspect.isawaitable(result):
             # a plain def that hands back a coroutine
             return asyncio.get_running_loop().create_task(self._finish(result, peer))
         return self._as_reply(result, peer)

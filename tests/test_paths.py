@@ -6,7 +6,13 @@ import pytest
 
 from mmgate.smtp import replies
 from mmgate.smtp.errors import ProtocolError
-from mmgate.smtp.paths import check_mailbox, parse_params, split_path, strip_keyword
+from mmgate.smtp.paths import (
+    check_mailbox,
+    parse_params,
+    plain_path,
+    split_path,
+    strip_keyword,
+)
 
 S = replies.SYNTAX_MAIL
 
@@ -122,3 +128,61 @@ def test_malformed_params_are_syntax_errors(text: str):
 def test_keyword_is_stripped_case_insensitively_with_spaces_after_colon():
     assert strip_keyword("FROM:", "from:  <a@b.c>") == "<a@b.c>"
     assert strip_keyword("FROM:", "TO:<a@b.c>") is None
+
+
+def _general(arg: str) -> tuple[str, str] | None:
+    try:
+        path, text = split_path(arg, S)
+        return check_mailbox(path, S, smtputf8=True, null_ok=True), text
+    except ProtocolError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "<a@example.com>",
+        "<a@example.com> SIZE=10 BODY=8BITMIME",
+        "<a@example.com>   ",
+        "<a@example.com>  SIZE=10  ",
+        "<a.b+c@sub-1.example.com>\tSIZE=1",
+        "<a@example.com>SIZE=10",
+        "<a@example.com> \r",
+        "<a..b@example.com>",
+        "<.a@example.com>",
+        "<a@-example.com>",
+        "<a@example-.com>",
+        "<a@example..com>",
+        "<a@[127.0.0.1]>",
+        '<"a b"@example.com>',
+        "<@relay.one:a@example.com>",
+        "<postmaster>",
+        "<>",
+        "a@example.com",
+        "<a@example.com",
+        "<a@b@example.com>",
+        "<é@example.com>",
+        "<a@" + "x" * 250 + ".com>",
+        "<a@" + "x" * 63 + "." + "y" * 63 + "." + "z" * 63 + "." + "w" * 60 + ">",
+        "<a@" + "b" * 250 + ".example.com>",
+    ],
+)
+def test_the_common_path_parses_as_the_general_parser_does(arg: str):
+    """plain_path answers only for paths the general parser takes, and
+    gives what it gives; for the rest it declines and the general parser
+    decides."""
+    plain = plain_path(arg)
+    if plain is not None:
+        assert plain == _general(arg)
+
+
+def test_the_common_path_is_answered_in_one_match():
+    assert plain_path("<list-request+x@lists.example.org>") == (
+        "list-request+x@lists.example.org",
+        "",
+    )
+    assert plain_path("<a@example.com>  SIZE=10 BODY=8BITMIME ") == (
+        "a@example.com",
+        "SIZE=10 BODY=8BITMIME",
+    )
+    assert plain_path('<"a b"@example.com>') is None  # the general parser's

@@ -71,6 +71,11 @@ _ANY_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 class BareLinePolicy(Enum):
     """What to do with a bare CR or LF in message text (RFC 5321 2.3.8)."""
 
+    # Members are singletons: hash them by identity, in C (Enum's own
+    # __hash__ is a Python function; the native reader's code is looked up
+    # by policy at every message).
+    __hash__ = object.__hash__
+
     #: Turn every bare CR or LF into CRLF, as Postfix does; the default.
     NORMALISE = "normalise"
     #: Refuse the message with 550 5.6.0 after its end.
@@ -160,6 +165,18 @@ class _Mode(Enum):
     SKIP = "skip"  #: dropping the octets of a refused BDAT chunk
 
 
+# The modes by module name: on Python 3.11 a member read off an Enum class
+# costs about ten times a global (EnumType's ``__getattr__`` keeps the read
+# off the interpreter's fast path), and the framer asks at every event.
+_COMMAND, _DATA, _DRAIN, _CHUNK, _SKIP = (
+    _Mode.COMMAND,
+    _Mode.DATA,
+    _Mode.DRAIN,
+    _Mode.CHUNK,
+    _Mode.SKIP,
+)
+
+
 class _Arriving:
     """What the framer knows of the message arriving, by DATA or BDAT: made
     as it begins and dropped as it ends, so that an idle session holds none
@@ -244,7 +261,7 @@ class Framer:
         self._policy = policy
         self._frame_limit = _frame_limit(self._limits)
         self._buf = _DRAINED
-        self._mode = _Mode.COMMAND
+        self._mode = _COMMAND
         self._scan = 0  # where the next terminator search starts
         self._overlong = 0  # bytes of a command line dropped so far
         #: the message arriving (None: none is)
@@ -273,7 +290,7 @@ class Framer:
         if self._buf:
             return False
         mode = self._mode
-        return (mode is not _Mode.CHUNK and mode is not _Mode.SKIP) or self._remaining > 0
+        return (mode is not _CHUNK and mode is not _SKIP) or self._remaining > 0
 
     def receive_data(self, data: bytes) -> None:
         if self._buf is _DRAINED:
@@ -307,7 +324,7 @@ class Framer:
             self._buf = bytearray(b"\r\n")
         else:
             self._buf[0:0] = b"\r\n"
-        self._mode = _Mode.DATA
+        self._mode = _DATA
         self._scan = 0
         self._message = _Arriving(check=2)
 
@@ -322,7 +339,7 @@ class Framer:
         return False
 
     def next_event(self) -> Event | None:
-        if self._mode is _Mode.COMMAND:
+        if self._mode is _COMMAND:
             # a command line: the common case, framed here without a call
             buf = self._buf
             i = buf.find(b"\n", self._scan)
@@ -335,7 +352,7 @@ class Framer:
             else:
                 del buf[: i + 1]
             return CommandLine(line)
-        if self._mode is _Mode.CHUNK or self._mode is _Mode.SKIP:
+        if self._mode is _CHUNK or self._mode is _SKIP:
             return self._next_chunk()
         if self._reader is not None:
             return self._next_native()
@@ -349,13 +366,13 @@ class Framer:
         of them is ever taken for a command."""
         self._remaining = size
         if not keep:
-            self._mode = _Mode.SKIP
+            self._mode = _SKIP
             self._skipping = size
             return
         message = self._message
         if message is None or message.bdat is None:  # the message's first chunk
             message = self._message = _Arriving(bdat=bytearray())
-        self._mode = _Mode.CHUNK
+        self._mode = _CHUNK
         message.last = last
 
     def abort_chunks(self) -> None:
@@ -371,12 +388,12 @@ class Framer:
     def _next_chunk(self) -> Event | None:
         buf = self._buf
         take = min(len(buf), self._remaining)
-        if self._mode is _Mode.SKIP:
+        if self._mode is _SKIP:
             del buf[:take]
             self._remaining -= take
             if self._remaining:
                 return None
-            self._mode = _Mode.COMMAND
+            self._mode = _COMMAND
             return ChunkSkipped(self._skipping)
         state = self._message
         assert state is not None
@@ -400,7 +417,7 @@ class Framer:
             return MessageChunk(data)
         if self._remaining:
             return None
-        self._mode = _Mode.COMMAND
+        self._mode = _COMMAND
         if not state.last:
             return ChunkReceived(state.consumed + len(message))
         data = bytes(message) if state.bdat_error is None else b""
@@ -452,7 +469,7 @@ class Framer:
             return None
         del buf[:end]
         chunked = message.consumed > 0
-        self._mode = _Mode.COMMAND
+        self._mode = _COMMAND
         self._message = None
         self._reader = None
         error = reader.error
@@ -474,7 +491,7 @@ class Framer:
         message = self._message
         assert message is not None
         end = buf.find(_END_OF_DATA, self._scan)
-        if self._mode is _Mode.DRAIN:
+        if self._mode is _DRAIN:
             if end < 0:
                 keep = min(len(buf), 4)
                 message.size += len(buf) - keep
@@ -528,13 +545,13 @@ class Framer:
     def _refuse(self, message: _Arriving, error: Reply) -> Event | None:
         """Refuse the message being read: drop its text, look for its end."""
         message.error = error
-        self._mode = _Mode.DRAIN
+        self._mode = _DRAIN
         message.size = message.consumed - 2  # the two octets kept are not the text's
         self._scan = 0
         return self._next_message()
 
     def _finish(self, event: MessageData) -> MessageData:
-        self._mode = _Mode.COMMAND
+        self._mode = _COMMAND
         self._scan = 0
         self._message = None
         return event

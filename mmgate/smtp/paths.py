@@ -19,12 +19,20 @@ _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _UTF8 = "\u0080-\U0010ffff"
 
 
-def _mailbox_re(utf8: str) -> re.Pattern[str]:
+def _dot_string(utf8: str) -> str:
     atom = rf"[{_ATEXT}{utf8}]+"
-    dot_string = rf"{atom}(?:\.{atom})*"
-    quoted = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{utf8}]|\\[\x20-\x7e])*"'
+    return rf"{atom}(?:\.{atom})*"
+
+
+def _domain(utf8: str) -> str:
     label = rf"[A-Za-z0-9{utf8}](?:[A-Za-z0-9\-{utf8}]*[A-Za-z0-9{utf8}])?"
-    domain = rf"{label}(?:\.{label})*"
+    return rf"{label}(?:\.{label})*"
+
+
+def _mailbox_re(utf8: str) -> re.Pattern[str]:
+    dot_string = _dot_string(utf8)
+    quoted = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{utf8}]|\\[\x20-\x7e])*"'
+    domain = _domain(utf8)
     literal = (
         r"\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
         r"|[A-Za-z0-9\-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]"
@@ -39,6 +47,11 @@ _ANGLE = re.compile(r'<((?:"(?:[^"\\]|\\.)*"|[^<>"])*)>')
 # A bare path (no brackets) runs to the first space outside quotes.
 _BARE = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^ "])+')
 _SOURCE_ROUTE = re.compile(r"@[^:,]+(?:,@[^:,]+)*:")
+# The common path, whole: an ASCII dot-string mailbox with a domain name, in
+# angle brackets, then nothing or spaces and the parameters. Every path it
+# takes, split_path and check_mailbox take alike (no quotes, brackets or
+# '@' source route can be in it), so it can answer for them in one match.
+_PLAIN = re.compile(rf"<({_dot_string('')}@({_domain('')}))>(?: +((?s:.*)))?")
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]*)(?:=([\x21-\x3c\x3e-\x7e" + _UTF8 + r"]+))?")
 
 
@@ -50,6 +63,16 @@ def strip_keyword(keyword: str, arg: str | None) -> str | None:
     if arg is None or arg[: len(keyword)].upper() != keyword:
         return None
     return arg[len(keyword) :].lstrip(" ")
+
+
+def plain_path(arg: str) -> tuple[str, str] | None:
+    """The mailbox and the parameter text of the common path (what
+    :func:`split_path` then :func:`check_mailbox` give it), in one match;
+    ``None`` for any other, which the two then parse."""
+    m = _PLAIN.fullmatch(arg)
+    if m is None or len(m.group(2)) > limits.DOMAIN:
+        return None
+    return m.group(1), (m.group(3) or "").strip(" ")
 
 
 def split_path(arg: str, syntax: Reply) -> tuple[str, str]:

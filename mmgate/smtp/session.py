@@ -56,7 +56,22 @@ from mmgate.smtp.framing import (
 )
 from mmgate.smtp.limits import Limits
 from mmgate.smtp.replies import Reply
-from mmgate.smtp.state import Phase, Step
+from mmgate.smtp.state import (
+    P_CONNECTED,
+    P_DATA,
+    P_RECEIVED,
+    S_CHUNK,
+    S_DATA,
+    S_END,
+    S_GREET,
+    S_MAIL,
+    S_RCPT,
+    S_RECEIVED,
+    S_RESET,
+    S_TLS,
+    Phase,
+    Step,
+)
 
 _HELP_TOPICS = {
     "EHLO": "Syntax: EHLO hostname",
@@ -172,6 +187,9 @@ class MadeOnUse(Generic[T]):
         setattr(obj, self.slot, value)
 
 
+_IN_TRANSACTION = frozenset({Phase.MAIL, Phase.RCPT, Phase.DATA, Phase.CHUNKS, Phase.RECEIVED})
+
+
 class Session:
     """One SMTP session's protocol state: phase, envelope, framing, output.
 
@@ -209,7 +227,7 @@ class Session:
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config = config or SessionConfig()
         self.framer = Framer(config.limits, config.bare_lines, config.chunk_size)
-        self.phase = Phase.CONNECTED
+        self.phase = P_CONNECTED
         self.seen_greeting = ""
         self.extended_smtp = False
         self.mailfrom: str | None = None
@@ -271,7 +289,7 @@ class Session:
         here and skipped.
         """
         framer = self.framer
-        while self.phase is not Phase.RECEIVED and not self.closing:
+        while self.phase is not P_RECEIVED and not self.closing:
             event = framer.next_event()
             if event is None:
                 return None
@@ -289,7 +307,7 @@ class Session:
                     continue
                 return Command(verb, rest.strip() if sep else None, line)
             if isinstance(event, MessageData):
-                self._advance(Step.RECEIVED)
+                self._advance(S_RECEIVED)
                 return event
             if isinstance(event, MessageChunk | ChunkReceived | ChunkSkipped):
                 return event
@@ -331,23 +349,33 @@ class Session:
 
     def _path_and_params(
         self, keyword: str, arg: str | None, syntax: Reply
-    ) -> tuple[str, str, dict[str, str | None]]:
-        """``FROM:<path> params`` (or ``TO:``): the path, the parameter text and
-        the parameters. RFC 5321 4.1.1.2: parameters only after EHLO."""
+    ) -> tuple[str, bool, str, dict[str, str | None]]:
+        """``FROM:<path> params`` (or ``TO:``): the path, whether it is a
+        mailbox checked already (the common path, :func:`paths.plain_path`),
+        the parameter text and the parameters. RFC 5321 4.1.1.2: parameters
+        only after EHLO."""
         arg = paths.strip_keyword(keyword, arg)
         if not arg:
             raise ProtocolError(syntax)
-        path, text = paths.split_path(arg, syntax)
-        if text and not self.extended_smtp:
+        plain = paths.plain_path(arg)
+        checked = plain is not None
+        path, text = plain if plain is not None else paths.split_path(arg, syntax)
+        if not text:
+            return path, checked, text, {}
+        if not self.extended_smtp:
             raise ProtocolError(syntax)
-        return path, text, paths.parse_params(text, syntax)
+        return path, checked, text, paths.parse_params(text, syntax)
 
     def mail(self, arg: str | None) -> MailFrom:
         """MAIL's argument, parsed and checked; the sequence is the caller's
         to check (:meth:`interpret` does, as the channel does before it
         dispatches)."""
         syntax = replies.SYNTAX_MAIL_EXT if self.extended_smtp else replies.SYNTAX_MAIL
-        path, text, params = self._path_and_params("FROM:", arg, syntax)
+        path, checked, text, params = self._path_and_params("FROM:", arg, syntax)
+        if not params:  # (the common case: nothing more to check)
+            if not checked:
+                path = paths.check_mailbox(path, syntax, smtputf8=False, null_ok=True)
+            return MailFrom(path, params, (), False, None, None, None, None)
         rest = dict(params)
         smtputf8 = False
         if "SMTPUTF8" in rest and self.config.smtputf8:
@@ -382,7 +410,9 @@ class Session:
                 raise ProtocolError(replies.BAD_ENVID)
         if rest:
             raise ProtocolError(replies.MAIL_PARAMS_UNKNOWN)
-        address = paths.check_mailbox(path, syntax, smtputf8=smtputf8, null_ok=True)
+        address = (
+            path if checked else paths.check_mailbox(path, syntax, smtputf8=smtputf8, null_ok=True)
+        )
         return MailFrom(
             address,
             params,
@@ -396,23 +426,28 @@ class Session:
 
     def rcpt(self, arg: str | None) -> RcptTo:
         syntax = replies.SYNTAX_RCPT_EXT if self.extended_smtp else replies.SYNTAX_RCPT
-        path, text, params = self._path_and_params("TO:", arg, syntax)
-        rest = dict(params)
+        path, checked, text, params = self._path_and_params("TO:", arg, syntax)
         notify = orcpt = None
-        if self.config.dsn:
-            notify = _notify(rest.pop("NOTIFY", None))
-            orcpt = rest.pop("ORCPT", None)
-            if orcpt is not None and not _is_orcpt(orcpt):
-                raise ProtocolError(replies.BAD_ORCPT)
-        if rest:
-            raise ProtocolError(replies.RCPT_PARAMS_UNKNOWN)
-        address = paths.check_mailbox(
-            path, syntax, smtputf8=self.require_SMTPUTF8, postmaster_ok=True
+        if params:
+            rest = dict(params)
+            if self.config.dsn:
+                notify = _notify(rest.pop("NOTIFY", None))
+                orcpt = rest.pop("ORCPT", None)
+                if orcpt is not None and not _is_orcpt(orcpt):
+                    raise ProtocolError(replies.BAD_ORCPT)
+            if rest:
+                raise ProtocolError(replies.RCPT_PARAMS_UNKNOWN)
+        address = (
+            path
+            if checked
+            else paths.check_mailbox(
+                path, syntax, smtputf8=self.require_SMTPUTF8, postmaster_ok=True
+            )
         )
         # RFC 5321 4.5.3.1.10: "452 Too many recipients" once the cap is reached.
-        if len(self.rcpttos) >= self.limits.recipients:
+        if len(self._rcpttos or ()) >= self.config.limits.recipients:  # (made on use: not here)
             raise ProtocolError(replies.TOO_MANY_RECIPIENTS)
-        return RcptTo(address, params, _options(text), notify, orcpt)
+        return RcptTo(address, params, _options(text) if text else (), notify, orcpt)
 
     def data(self, arg: str | None) -> DataRequest:
         if arg:
@@ -438,7 +473,7 @@ class Session:
     def start_chunk(self, bdat: Bdat) -> None:
         """BDAT accepted: its octets are message text (the framer's switch
         is part of this move)."""
-        self._advance(Step.CHUNK)
+        self._advance(S_CHUNK)
         self.framer.start_chunk(bdat.size, bdat.last)
 
     def rset(self, arg: str | None) -> Reset:
@@ -483,7 +518,7 @@ class Session:
         self.clear_transaction()
         self.seen_greeting = ""
         self.extended_smtp = False
-        self._advance(Step.TLS)
+        self._advance(S_TLS)
         self.tls = True
 
     def help_reply(self, topic: str | None) -> Reply:
@@ -503,7 +538,7 @@ class Session:
         except KeyError:
             state.advance(self.phase, step)  # says which move is missing
             raise
-        if phase is Phase.DATA:
+        if phase is P_DATA:
             self.framer.start_data()
 
     def greet(self, hello: Hello) -> None:
@@ -515,7 +550,7 @@ class Session:
         # names; interned strings still go with their last session.
         self.seen_greeting = sys.intern(hello.name)
         self.extended_smtp = hello.extended
-        self._advance(Step.GREET)
+        self._advance(S_GREET)
 
     def open_transaction(self, mail: MailFrom) -> None:
         """MAIL accepted: the transaction is open."""
@@ -523,7 +558,7 @@ class Session:
         self.mailfrom = mail.address
         self.mail_options = list(mail.options)
         self.require_SMTPUTF8 = mail.smtputf8
-        self._advance(Step.MAIL)
+        self._advance(S_MAIL)
 
     def add_recipient(self, rcpt: RcptTo) -> None:
         """RCPT accepted."""
@@ -540,18 +575,18 @@ class Session:
             self._rcpt_options = list(rcpt.options)
         else:
             self._rcpt_options += rcpt.options
-        self._advance(Step.RCPT)
+        self._advance(S_RCPT)
 
     def start_data(self) -> None:
         """DATA answered 354: what follows is message text (the framer's
         switch is part of this move)."""
-        self._advance(Step.DATA)
+        self._advance(S_DATA)
 
     def end_transaction(self, *, accepted: bool = False) -> None:
         """The received message was answered (or refused): a new one may
         begin. An accepted message forgives the errors so far."""
         self.clear_transaction()
-        self._advance(Step.END)
+        self._advance(S_END)
         if accepted:
             self.errors = 0
 
@@ -559,7 +594,7 @@ class Session:
         """RSET, or a transaction aborted."""
         self.clear_transaction()
         self.framer.abort_chunks()
-        self._advance(Step.RESET)
+        self._advance(S_RESET)
 
     def clear_transaction(self) -> None:
         self.mail_from = None
@@ -570,7 +605,7 @@ class Session:
 
     @property
     def in_transaction(self) -> bool:
-        return self.phase in (Phase.MAIL, Phase.RCPT, Phase.DATA, Phase.CHUNKS, Phase.RECEIVED)
+        return self.phase in _IN_TRANSACTION
 
     # -- replies in, bytes out ---------------------------------------------------
     def send(self, reply: Reply | str) -> None:
