@@ -917,7 +917,12 @@ class SMTPChannel(asyncio.Protocol):
         return True
 
     def smtp_MAIL(self, arg: str | None) -> None:
-        if not self.session.tls and self.smtp_server.tls_required(self.peer_ip):
+        server = self.smtp_server
+        if (
+            server.tls_required_networks
+            and not self.session.tls
+            and server.tls_required(self.peer_ip)
+        ):
             self.push(replies.TLS_REQUIRED)
             return
         try:
@@ -925,7 +930,7 @@ class SMTPChannel(asyncio.Protocol):
         except ProtocolError as exc:
             self.push(exc.reply)
             return
-        hooks = self.smtp_server.hooks
+        hooks = server.hooks
         if hooks.has("mail"):
             self._after(hooks.run("mail", self, mail), partial(self._mail_done, mail))
         else:

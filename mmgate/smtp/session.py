@@ -556,7 +556,7 @@ class Session:
         """MAIL accepted: the transaction is open."""
         self.mail_from = mail
         self.mailfrom = mail.address
-        self.mail_options = list(mail.options)
+        self._mail_options = list(mail.options)  # (the slot: no descriptor call)
         self.require_SMTPUTF8 = mail.smtputf8
         self._advance(S_MAIL)
 
