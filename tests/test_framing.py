@@ -275,3 +275,30 @@ def test_drained_framers_share_one_empty_buffer_that_nothing_writes_to():
         assert events(first, b"text\r\n.\r\n") == [MessageData(b"text\r\n", 6)]
         assert events(first, b"QUIT\r\n") == [CommandLine(b"QUIT")]
         assert not framing._DRAINED  # never written
+
+
+def test_bytes_are_framed_as_received_and_a_callers_bytearray_is_copied():
+    """The framer keeps a received ``bytes`` object rather than copying it
+    (it cannot change), and cuts it only where a line ends: what follows a
+    line, and a partial line, come out whole with the next octets. A
+    bytearray it is given may be changed by its owner afterwards, so that
+    one is copied."""
+    for native in (True, False):
+        framer = Framer(native=native)
+        assert events(framer, b"NOOP\r\nRSET\r\nQU", b"IT\r\nDATA\r\n") == [
+            CommandLine(b"NOOP"),
+            CommandLine(b"RSET"),
+            CommandLine(b"QUIT"),
+            CommandLine(b"DATA"),
+        ]
+        framer.start_data()
+        assert events(framer, b"a\r\n.\r\nNOOP\r\n") == [
+            MessageData(b"a\r\n", 3),
+            CommandLine(b"NOOP"),
+        ]
+        given_ = bytearray(b"HELO a\r\nNO")
+        framer.receive_data(given_)
+        given_[:] = b"XXXXXXXXXXXXXXXX"
+        assert framer.next_event() == CommandLine(b"HELO a")
+        assert framer.next_event() is None
+        assert events(framer, b"OP\r\n") == [CommandLine(b"NOOP")]

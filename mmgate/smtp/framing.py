@@ -260,7 +260,7 @@ class Framer:
         self._chunk_size = chunk_size
         self._policy = policy
         self._frame_limit = _frame_limit(self._limits)
-        self._buf = _DRAINED
+        self._buf: bytes | bytearray = _DRAINED
         self._mode = _COMMAND
         self._scan = 0  # where the next terminator search starts
         self._overlong = 0  # bytes of a command line dropped so far
@@ -293,17 +293,32 @@ class Framer:
         return (mode is not _CHUNK and mode is not _SKIP) or self._remaining > 0
 
     def receive_data(self, data: bytes) -> None:
-        if self._buf is _DRAINED:
+        buf = self._buf
+        if buf is _DRAINED:
             assert not _DRAINED, "the shared empty buffer was written to"
-            self._buf = bytearray(data)
-        else:
+            # Kept as received, not copied, until more comes or it must be
+            # cut: a command line that fills its segment (a client waiting
+            # for each reply sends nothing else) is framed straight from it.
+            self._buf = data if type(data) is bytes else bytearray(data)
+        elif isinstance(buf, bytes):
+            self._buf = bytearray(buf)
             self._buf += data
+        else:
+            buf += data
+
+    def _own(self) -> bytearray:
+        """The buffer as a bytearray of the framer's own, to cut or extend
+        in place: the bytes received become one now, if they were kept."""
+        buf = self._buf
+        if isinstance(buf, bytes):
+            buf = self._buf = bytearray(buf)
+        return buf
 
     def discard(self) -> int:
         """Drop every byte received and not yet framed (RFC 3207 4.2: what
         came in plaintext behind STARTTLS); how many were dropped."""
         dropped = len(self._buf) + self._overlong
-        self._buf.clear()
+        self._buf = _DRAINED
         self._scan = self._overlong = 0
         return dropped
 
@@ -323,7 +338,7 @@ class Framer:
         elif self._buf is _DRAINED:
             self._buf = bytearray(b"\r\n")
         else:
-            self._buf[0:0] = b"\r\n"
+            self._own()[0:0] = b"\r\n"
         self._mode = _DATA
         self._scan = 0
         self._message = _Arriving(check=2)
@@ -346,7 +361,12 @@ class Framer:
             if i < 0 or self._overlong or i + 1 > self._frame_limit:
                 return self._odd_line(i)
             self._scan = 0
-            line = bytes(buf[: i - 1 if i and buf[i - 1] == 13 else i])
+            end = i - 1 if i and buf[i - 1] == 13 else i
+            if isinstance(buf, bytes):  # as received: one slice, no copy of the rest
+                line = buf[:end]
+                self._buf = _DRAINED if i + 1 == len(buf) else bytearray(memoryview(buf)[i + 1 :])
+                return CommandLine(line)
+            line = bytes(buf[:end])
             if i + 1 == len(buf):
                 self._buf = _DRAINED  # (this buffer goes back to the allocator)
             else:
@@ -386,7 +406,7 @@ class Framer:
         return self._message is not None and self._message.bdat is not None
 
     def _next_chunk(self) -> Event | None:
-        buf = self._buf
+        buf = self._own()
         take = min(len(buf), self._remaining)
         if self._mode is _SKIP:
             del buf[:take]
@@ -435,7 +455,7 @@ class Framer:
         """A command line not yet complete (``i`` < 0: no LF buffered), or
         too long (RFC 5321 4.5.3.1.4): dropped as it comes, answered at its
         end."""
-        buf = self._buf
+        buf = self._own()
         if i < 0:
             if len(buf) > self._frame_limit:
                 self._overlong += len(buf)
@@ -460,14 +480,19 @@ class Framer:
         assert message is not None
         end = reader.feed(buf) if buf else -1
         if end < 0:
-            buf.clear()
+            self._buf = _DRAINED  # all of it taken (the text is the reader's now)
             if self._chunk_size and not self._holds(message, reader.pending):
                 data = reader.take()
                 message.held = 0
                 message.consumed += len(data)
                 return MessageChunk(data)
             return None
-        del buf[:end]
+        if end == len(buf):
+            self._buf = _DRAINED
+        elif isinstance(buf, bytes):
+            self._buf = bytearray(memoryview(buf)[end:])
+        else:
+            del buf[:end]
         chunked = message.consumed > 0
         self._mode = _COMMAND
         self._message = None
@@ -487,7 +512,7 @@ class Framer:
 
     # -- message text, in Python -----------------------------------------
     def _next_message(self) -> Event | None:
-        buf = self._buf
+        buf = self._own()
         message = self._message
         assert message is not None
         end = buf.find(_END_OF_DATA, self._scan)
@@ -527,7 +552,7 @@ class Framer:
 
     def _chunk(self, message: _Arriving, j: int) -> Event | None:
         """Hand out the whole lines in ``buf[2:j+1]``; keep from ``j - 1`` on."""
-        buf = self._buf
+        buf = self._own()
         lead = buf[:2] == b"\r\n"
         raw = bytes(memoryview(buf)[2 : j + 1])
         del buf[: j - 1]
