@@ -174,6 +174,17 @@ def test_the_common_path_parses_as_the_general_parser_does(arg: str):
     plain = plain_path(arg)
     if plain is not None:
         assert plain == _general(arg)
+    for keyword, given_ in (
+        ("FROM:", "FROM:"),
+        ("FROM:", "from:  "),
+        ("TO:", "To:"),
+        ("TO:", "TO"),
+    ):
+        line = given_ + arg
+        plain = plain_path(line, keyword)
+        stripped = strip_keyword(keyword, line)
+        if plain is not None:
+            assert stripped is not None and plain == _general(stripped)
 
 
 def test_the_common_path_is_answered_in_one_match():
@@ -186,3 +197,5 @@ def test_the_common_path_is_answered_in_one_match():
         "SIZE=10 BODY=8BITMIME",
     )
     assert plain_path('<"a b"@example.com>') is None  # the general parser's
+    assert plain_path("fRoM: <a@example.com> SIZE=1", "FROM:") == ("a@example.com", "SIZE=1")
+    assert plain_path("TO:<a@example.com>", "FROM:") is None

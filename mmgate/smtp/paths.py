@@ -50,8 +50,17 @@ _SOURCE_ROUTE = re.compile(r"@[^:,]+(?:,@[^:,]+)*:")
 # The common path, whole: an ASCII dot-string mailbox with a domain name, in
 # angle brackets, then nothing or spaces and the parameters. Every path it
 # takes, split_path and check_mailbox take alike (no quotes, brackets or
-# '@' source route can be in it), so it can answer for them in one match.
-_PLAIN = re.compile(rf"<({_dot_string('')}@({_domain('')}))>(?: +((?s:.*)))?")
+# '@' source route can be in it), so it can answer for them in one match;
+# after MAIL's ``FROM:`` or RCPT's ``TO:`` (in ASCII letters of either case,
+# spaces after the colon), for strip_keyword too.
+_PLAIN_PATH = rf"<({_dot_string('')}@({_domain('')}))>(?: +((?s:.*)))?"
+_PLAIN = {
+    keyword: re.compile(
+        "".join(f"[{c.upper()}{c.lower()}]" for c in keyword[:-1]) + ": *" + _PLAIN_PATH
+    )
+    for keyword in ("FROM:", "TO:")
+}
+_PLAIN[""] = re.compile(_PLAIN_PATH)
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]*)(?:=([\x21-\x3c\x3e-\x7e" + _UTF8 + r"]+))?")
 
 
@@ -65,11 +74,12 @@ def strip_keyword(keyword: str, arg: str | None) -> str | None:
     return arg[len(keyword) :].lstrip(" ")
 
 
-def plain_path(arg: str) -> tuple[str, str] | None:
+def plain_path(arg: str | None, keyword: str = "") -> tuple[str, str] | None:
     """The mailbox and the parameter text of the common path (what
-    :func:`split_path` then :func:`check_mailbox` give it), in one match;
-    ``None`` for any other, which the two then parse."""
-    m = _PLAIN.fullmatch(arg)
+    :func:`strip_keyword` with ``keyword``, :func:`split_path` then
+    :func:`check_mailbox` give it), in one match; ``None`` for any other,
+    which those then parse."""
+    m = None if arg is None else _PLAIN[keyword].fullmatch(arg)
     if m is None or len(m.group(2)) > limits.DOMAIN:
         return None
     return m.group(1), (m.group(3) or "").strip(" ")

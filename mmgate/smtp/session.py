@@ -354,12 +354,15 @@ class Session:
         mailbox checked already (the common path, :func:`paths.plain_path`),
         the parameter text and the parameters. RFC 5321 4.1.1.2: parameters
         only after EHLO."""
-        arg = paths.strip_keyword(keyword, arg)
-        if not arg:
-            raise ProtocolError(syntax)
-        plain = paths.plain_path(arg)
+        plain = paths.plain_path(arg, keyword)
+        if plain is None:
+            arg = paths.strip_keyword(keyword, arg)
+            if not arg:
+                raise ProtocolError(syntax)
+            path, text = paths.split_path(arg, syntax)
+        else:
+            path, text = plain
         checked = plain is not None
-        path, text = plain if plain is not None else paths.split_path(arg, syntax)
         if not text:
             return path, checked, text, {}
         if not self.extended_smtp:
