@@ -690,7 +690,7 @@ class SMTPChannel(asyncio.Protocol):
             # smtpd's form: LF line endings, without the final one (a BDAT
             # message may have none)
             raw = (raw[:-2] if raw.endswith(b"\r\n") else raw).replace(b"\r\n", b"\n")
-        data = raw if self.session.config.eight_bit else raw.decode("utf-8", "surrogateescape")
+        data = raw.decode("utf-8", "surrogateescape") if self._decode_data else raw
         self.received_data = data
         return data
 

@@ -393,10 +393,9 @@ class SMTPServer:
         return host, port
 
     def tls_required(self, client_ip: str) -> bool:
-        """Whether this client must start TLS before MAIL."""
-        return bool(self.tls_required_networks) and in_networks(
-            client_ip, self.tls_required_networks
-        )
+        """Whether this client must start TLS before MAIL. (The channel asks
+        only when some network is configured: with none, it is never.)"""
+        return in_networks(client_ip, self.tls_required_networks)
 
     # -- the hooks -------------------------------------------------------
     def final_hooks(self) -> list[object]:

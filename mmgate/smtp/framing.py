@@ -300,10 +300,8 @@ class Framer:
             # cut: a command line that fills its segment (a client waiting
             # for each reply sends nothing else) is framed straight from it.
             self._buf = data if type(data) is bytes else bytearray(data)
-        elif isinstance(buf, bytes):
-            self._buf = bytearray(buf)
-            self._buf += data
         else:
+            buf = self._own()
             buf += data
 
     def _own(self) -> bytearray:
@@ -313,6 +311,18 @@ class Framer:
         if isinstance(buf, bytes):
             buf = self._buf = bytearray(buf)
         return buf
+
+    def _drop(self, octets: int) -> None:
+        """The first ``octets`` of the buffer are framed: let them go. Kept
+        bytes are not copied whole to cut them (only what is left is), and a
+        buffer taken to its end gives way to the shared empty one."""
+        buf = self._buf
+        if octets == len(buf):
+            self._buf = _DRAINED  # (this buffer goes back to the allocator)
+        elif isinstance(buf, bytes):
+            self._buf = bytearray(memoryview(buf)[octets:])
+        else:
+            del buf[:octets]
 
     def discard(self) -> int:
         """Drop every byte received and not yet framed (RFC 3207 4.2: what
@@ -362,15 +372,12 @@ class Framer:
                 return self._odd_line(i)
             self._scan = 0
             end = i - 1 if i and buf[i - 1] == 13 else i
-            if isinstance(buf, bytes):  # as received: one slice, no copy of the rest
-                line = buf[:end]
-                self._buf = _DRAINED if i + 1 == len(buf) else bytearray(memoryview(buf)[i + 1 :])
-                return CommandLine(line)
-            line = bytes(buf[:end])
+            # (bytes as received: the line is one slice of them)
+            line = buf[:end] if isinstance(buf, bytes) else bytes(buf[:end])
             if i + 1 == len(buf):
-                self._buf = _DRAINED  # (this buffer goes back to the allocator)
+                self._buf = _DRAINED  # (the common case, without a call)
             else:
-                del buf[: i + 1]
+                self._drop(i + 1)
             return CommandLine(line)
         if self._mode is _CHUNK or self._mode is _SKIP:
             return self._next_chunk()
@@ -487,12 +494,7 @@ class Framer:
                 message.consumed += len(data)
                 return MessageChunk(data)
             return None
-        if end == len(buf):
-            self._buf = _DRAINED
-        elif isinstance(buf, bytes):
-            self._buf = bytearray(memoryview(buf)[end:])
-        else:
-            del buf[:end]
+        self._drop(end)
         chunked = message.consumed > 0
         self._mode = _COMMAND
         self._message = None

@@ -375,56 +375,48 @@ class Session:
         dispatches)."""
         syntax = replies.SYNTAX_MAIL_EXT if self.extended_smtp else replies.SYNTAX_MAIL
         path, checked, text, params = self._path_and_params("FROM:", arg, syntax)
-        if not params:  # (the common case: nothing more to check)
-            if not checked:
-                path = paths.check_mailbox(path, syntax, smtputf8=False, null_ok=True)
-            return MailFrom(path, params, (), False, None, None, None, None)
-        rest = dict(params)
         smtputf8 = False
-        if "SMTPUTF8" in rest and self.config.smtputf8:
-            if rest.pop("SMTPUTF8") is not None:
-                raise ProtocolError(syntax)
-            smtputf8 = True
-        body = rest.pop("BODY", None)
-        binary = self.config.chunking and self.config.eight_bit
-        if body is not None and (
-            not self.config.eight_bit
-            or body.upper() not in ("7BIT", "8BITMIME", *(("BINARYMIME",) if binary else ()))
-        ):
-            raise ProtocolError(replies.BAD_BODY_BINARY if binary else replies.BAD_BODY)
-        size_text = rest.pop("SIZE", None)
-        size = None
-        if size_text is not None:
-            if not (size_text.isascii() and size_text.isdigit()):
-                raise ProtocolError(replies.BAD_SIZE)
-            size = int(size_text)
-            limit = self.limits.message_size
-            if limit and size > limit:
-                raise ProtocolError(replies.SIZE_EXCEEDED)
-        ret = envid = None
-        if self.config.dsn:
-            ret = rest.pop("RET", None)
-            if ret is not None:
-                ret = ret.upper()
-                if ret not in ("FULL", "HDRS"):
-                    raise ProtocolError(replies.BAD_RET)
-            envid = rest.pop("ENVID", None)
-            if envid is not None and not (len(envid) <= 100 and xtext.is_xtext(envid)):
-                raise ProtocolError(replies.BAD_ENVID)
-        if rest:
-            raise ProtocolError(replies.MAIL_PARAMS_UNKNOWN)
+        body = size = ret = envid = None
+        if params:  # (none, the common case: nothing more to check)
+            rest = dict(params)
+            if "SMTPUTF8" in rest and self.config.smtputf8:
+                if rest.pop("SMTPUTF8") is not None:
+                    raise ProtocolError(syntax)
+                smtputf8 = True
+            body = rest.pop("BODY", None)
+            binary = self.config.chunking and self.config.eight_bit
+            if body is not None:
+                body = body.upper()
+                if not self.config.eight_bit or body not in (
+                    "7BIT",
+                    "8BITMIME",
+                    *(("BINARYMIME",) if binary else ()),
+                ):
+                    raise ProtocolError(replies.BAD_BODY_BINARY if binary else replies.BAD_BODY)
+            size_text = rest.pop("SIZE", None)
+            if size_text is not None:
+                if not (size_text.isascii() and size_text.isdigit()):
+                    raise ProtocolError(replies.BAD_SIZE)
+                size = int(size_text)
+                limit = self.limits.message_size
+                if limit and size > limit:
+                    raise ProtocolError(replies.SIZE_EXCEEDED)
+            if self.config.dsn:
+                ret = rest.pop("RET", None)
+                if ret is not None:
+                    ret = ret.upper()
+                    if ret not in ("FULL", "HDRS"):
+                        raise ProtocolError(replies.BAD_RET)
+                envid = rest.pop("ENVID", None)
+                if envid is not None and not (len(envid) <= 100 and xtext.is_xtext(envid)):
+                    raise ProtocolError(replies.BAD_ENVID)
+            if rest:
+                raise ProtocolError(replies.MAIL_PARAMS_UNKNOWN)
         address = (
             path if checked else paths.check_mailbox(path, syntax, smtputf8=smtputf8, null_ok=True)
         )
         return MailFrom(
-            address,
-            params,
-            _options(text),
-            smtputf8,
-            body.upper() if body is not None else None,
-            size,
-            ret,
-            envid,
+            address, params, _options(text) if text else (), smtputf8, body, size, ret, envid
         )
 
     def rcpt(self, arg: str | None) -> RcptTo:

@@ -60,15 +60,23 @@ class Step(Enum):
 #: Phases and steps by module name, for the code that asks at every
 #: command: on Python 3.11 a member read off an Enum class costs about ten
 #: times a global (EnumType's ``__getattr__`` keeps it off the fast path).
-P_CONNECTED, P_MAIL, P_RCPT, P_DATA, P_CHUNKS, P_RECEIVED = (
+P_CONNECTED, P_DATA, P_CHUNKS, P_RECEIVED = (
     Phase.CONNECTED,
-    Phase.MAIL,
-    Phase.RCPT,
     Phase.DATA,
     Phase.CHUNKS,
     Phase.RECEIVED,
 )
-S_GREET, S_MAIL, S_RCPT, S_DATA, S_CHUNK, S_RECEIVED, S_END, S_RESET, S_TLS = Step
+S_GREET, S_MAIL, S_RCPT, S_DATA, S_CHUNK, S_RECEIVED, S_END, S_RESET, S_TLS = (
+    Step.GREET,
+    Step.MAIL,
+    Step.RCPT,
+    Step.DATA,
+    Step.CHUNK,
+    Step.RECEIVED,
+    Step.END,
+    Step.RESET,
+    Step.TLS,
+)
 
 TRANSITIONS: dict[Phase, dict[Step, Phase]] = {
     Phase.CONNECTED: {Step.GREET: Phase.GREETED, Step.RESET: Phase.CONNECTED},
