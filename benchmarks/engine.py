@@ -140,7 +140,18 @@ def bench_args(description: str) -> argparse.Namespace | None:
     if shutil.which("smtp-source") is None:
         print("smtp-source not found: apt-get install postfix", file=sys.stderr)
         return None
+    print(build())
     return args
+
+
+def build() -> str:
+    """What the servers measured here run (they inherit this environment):
+    the figures are the build's, compiled or interpreted (setup.py)."""
+    from mmgate.smtp import framing, session
+
+    core = "interpreted" if session.__file__.endswith(".py") else "compiled by mypyc"
+    text = "natively" if framing.NATIVE else "in Python"
+    return f"mmgate's protocol core {core}; message text read {text}"
 
 
 def read_reply(sock: socket.socket) -> bytes:

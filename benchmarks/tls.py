@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.engine import Server, cpu_seconds
+from benchmarks.engine import Server, build, cpu_seconds
 from mmgate import tls
 
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -168,6 +168,7 @@ def main() -> int:
     cert, key = tls.ensure_self_signed(directory, "bench.example")
     os.environ["MMGATE_BENCH_TLS"] = f"{cert}:{key}"
     client = build_client(directory)
+    print(build())
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, "
         f"client ({'C' if client else 'Python'}) on CPU {CLIENT_CPU}; ECDSA P-256; 1 KiB: "

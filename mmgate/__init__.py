@@ -12,9 +12,15 @@ second) is loaded only when asked for.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 from mmgate._version import __version__
+
+if os.environ.get("MMGATE_PURE_PYTHON"):
+    from mmgate import _interpreted
+
+    _interpreted.install()
 
 if TYPE_CHECKING:
     from mmgate.channel import SMTPChannel

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from mmgate import tls
 from mmgate.hooks import HookResult, Message, Outcome, header_fields, pending
@@ -31,7 +31,7 @@ from mmgate.smtp.events import Command, Hello, MailFrom, RcptTo
 from mmgate.smtp.framing import ChunkReceived, ChunkSkipped, MessageChunk, MessageData
 from mmgate.smtp.limits import DATA_SIZE_DEFAULT, Limits
 from mmgate.smtp.replies import Reply
-from mmgate.smtp.session import MadeOnUse, Session, printable
+from mmgate.smtp.session import Session, printable
 from mmgate.smtp.state import Phase
 from mmgate.spoolfile import MemoryPool, Spooled, SpoolFile
 
@@ -50,6 +50,35 @@ def _ehlo_reply(lines: tuple[str, ...]) -> Reply:
     """The EHLO reply of these lines (name, then keywords), made once per
     set rather than formatted at each EHLO: a TLS session sends two."""
     return Reply(250, None, "\n".join(lines))
+
+
+class MadeOnUse(Generic[T]):
+    """A field made by ``factory`` when first used, so that an idle session
+    holds none: a transaction's lists (``rcpttos``, ``mail_options`` ...),
+    a channel's plugin notes. The value lives in the slot of the same name
+    with a leading underscore, which ``None`` leaves unmade."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self.factory = factory
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> MadeOnUse[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | MadeOnUse[T]:
+        if obj is None:
+            return self
+        value: T | None = getattr(obj, self.slot)
+        if value is None:
+            value = self.factory()
+            setattr(obj, self.slot, value)
+        return value
+
+    def __set__(self, obj: object, value: T) -> None:
+        setattr(obj, self.slot, value)
 
 
 def _delegate(name: str, doc: str) -> Any:

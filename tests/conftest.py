@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.mailman_env import MailmanEnv, make_env
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A module compiled before its source last changed (setup.py's mypyc
+    core, built in place by an editable install) would be tested instead
+    of the source: stop, and say how to rebuild."""
+    if os.environ.get("MMGATE_PURE_PYTHON"):
+        return  # the sources are imported, compiled or not
+    package = Path(__file__).resolve().parent.parent / "mmgate"
+    for compiled in package.rglob("*.so"):
+        source = compiled.with_name(compiled.name.split(".")[0] + ".py")
+        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+            pytest.exit(
+                f"{source} changed after it was compiled: rebuild it "
+                "(python setup.py build_ext --inplace, or pip install -e .)",
+                returncode=4,
+            )
 
 
 @pytest.fixture(scope="session")

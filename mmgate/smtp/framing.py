@@ -92,11 +92,14 @@ def _frame_limit(limits: Limits) -> int:
     return limits.frame_line
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class CommandLine:
     """One command line, without its line ending, exactly as received."""
 
     line: bytes
+
+    def __init__(self, line: bytes) -> None:  # (compiled: see smtp/events.py)
+        self.line = line
 
 
 @dataclass(slots=True)
@@ -106,7 +109,7 @@ class LineTooLong:
     length: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class MessageData:
     """The text of one message, complete at CRLF.CRLF.
 
@@ -118,17 +121,37 @@ class MessageData:
 
     data: bytes
     size: int
-    error: Reply | None = None
-    bare_line_endings: bool = False
-    long_lines: bool = False
+    error: Reply | None
+    bare_line_endings: bool
+    long_lines: bool
     #: the message's beginning came before, as MessageChunk events; ``data``
     #: is its last part and ``size`` the whole message's
-    chunked: bool = False
+    chunked: bool
     #: it came in BDAT chunks (RFC 3030): raw octets, line endings untouched
-    raw: bool = False
+    raw: bool
     #: ``data`` (and the chunks before it) is in smtpd's form: LF line
     #: endings, the last one dropped; ``size`` is still the CRLF form's
-    lf: bool = False
+    lf: bool
+
+    def __init__(  # (compiled: see smtp/events.py)
+        self,
+        data: bytes,
+        size: int,
+        error: Reply | None = None,
+        bare_line_endings: bool = False,
+        long_lines: bool = False,
+        chunked: bool = False,
+        raw: bool = False,
+        lf: bool = False,
+    ) -> None:
+        self.data = data
+        self.size = size
+        self.error = error
+        self.bare_line_endings = bare_line_endings
+        self.long_lines = long_lines
+        self.chunked = chunked
+        self.raw = raw
+        self.lf = lf
 
 
 @dataclass(slots=True)
@@ -292,7 +315,7 @@ class Framer:
         mode = self._mode
         return (mode is not _CHUNK and mode is not _SKIP) or self._remaining > 0
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         buf = self._buf
         if buf is _DRAINED:
             assert not _DRAINED, "the shared empty buffer was written to"

@@ -104,6 +104,11 @@ def split_path(arg: str, syntax: Reply) -> tuple[str, str]:
     return m.group(0), rest.strip(" ")
 
 
+#: the surrogateescape range: bytes that were not UTF-8 (made with chr(),
+#: a literal that mypyc cannot compile)
+_LOW_SURROGATES = (chr(0xDC80), chr(0xDCFF))
+
+
 def check_mailbox(
     path: str,
     syntax: Reply,
@@ -127,7 +132,7 @@ def check_mailbox(
     if postmaster_ok and path.lower() == "postmaster":
         return path
     if not path.isascii():
-        if any("\udc80" <= c <= "\udcff" for c in path):
+        if any(_LOW_SURROGATES[0] <= c <= _LOW_SURROGATES[1] for c in path):
             raise ProtocolError(syntax)  # bytes that were not UTF-8
         if not smtputf8:
             raise ProtocolError(replies.NON_ASCII_ADDRESS)

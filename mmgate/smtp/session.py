@@ -24,7 +24,6 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar, overload
 
 from mmgate.smtp import paths, replies, state, xtext
 from mmgate.smtp.errors import ProtocolError
@@ -155,38 +154,6 @@ class SessionConfig:
     chunking: bool = True
 
 
-T = TypeVar("T")
-
-
-class MadeOnUse(Generic[T]):
-    """A field made by ``factory`` when first used, so that an idle session
-    holds none: a transaction's lists (``rcpttos``, ``mail_options`` ...),
-    a channel's plugin notes. The value lives in the slot of the same name
-    with a leading underscore, which ``None`` leaves unmade."""
-
-    def __init__(self, factory: Callable[[], T]) -> None:
-        self.factory = factory
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = "_" + name
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> MadeOnUse[T]: ...
-    @overload
-    def __get__(self, obj: object, owner: type | None = None) -> T: ...
-    def __get__(self, obj: object | None, owner: type | None = None) -> T | MadeOnUse[T]:
-        if obj is None:
-            return self
-        value: T | None = getattr(obj, self.slot)
-        if value is None:
-            value = self.factory()
-            setattr(obj, self.slot, value)
-        return value
-
-    def __set__(self, obj: object, value: T) -> None:
-        setattr(obj, self.slot, value)
-
-
 _IN_TRANSACTION = frozenset({Phase.MAIL, Phase.RCPT, Phase.DATA, Phase.CHUNKS, Phase.RECEIVED})
 
 
@@ -219,11 +186,6 @@ class Session:
         "tls",
     )
 
-    mail_options: MadeOnUse[list[str]] = MadeOnUse(list)
-    rcpttos: MadeOnUse[list[str]] = MadeOnUse(list)
-    rcpt_options: MadeOnUse[list[str]] = MadeOnUse(list)
-    recipients: MadeOnUse[list[RcptTo]] = MadeOnUse(list)
-
     def __init__(self, config: SessionConfig | None = None) -> None:
         self.config = config = config or SessionConfig()
         self.framer = Framer(config.limits, config.bare_lines, config.chunk_size)
@@ -244,6 +206,48 @@ class Session:
         #: TLS is in force (STARTTLS done, or an implicit-TLS listener)
         self.tls = False
         self._out: list[bytes] | None = None
+
+    # The transaction's lists, made when first used so that an idle
+    # session holds none (``None`` in the slot: not made).
+    @property
+    def mail_options(self) -> list[str]:
+        if self._mail_options is None:
+            self._mail_options = []
+        return self._mail_options
+
+    @mail_options.setter
+    def mail_options(self, value: list[str]) -> None:
+        self._mail_options = value
+
+    @property
+    def rcpttos(self) -> list[str]:
+        if self._rcpttos is None:
+            self._rcpttos = []
+        return self._rcpttos
+
+    @rcpttos.setter
+    def rcpttos(self, value: list[str]) -> None:
+        self._rcpttos = value
+
+    @property
+    def rcpt_options(self) -> list[str]:
+        if self._rcpt_options is None:
+            self._rcpt_options = []
+        return self._rcpt_options
+
+    @rcpt_options.setter
+    def rcpt_options(self, value: list[str]) -> None:
+        self._rcpt_options = value
+
+    @property
+    def recipients(self) -> list[RcptTo]:
+        if self._recipients is None:
+            self._recipients = []
+        return self._recipients
+
+    @recipients.setter
+    def recipients(self, value: list[RcptTo]) -> None:
+        self._recipients = value
 
     # -- configuration -----------------------------------------------------
     @property
@@ -275,7 +279,7 @@ class Session:
         return keywords
 
     # -- bytes in, events out ------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         self.framer.receive_data(data)
 
     def next_event(
@@ -387,10 +391,8 @@ class Session:
             binary = self.config.chunking and self.config.eight_bit
             if body is not None:
                 body = body.upper()
-                if not self.config.eight_bit or body not in (
-                    "7BIT",
-                    "8BITMIME",
-                    *(("BINARYMIME",) if binary else ()),
+                if not self.config.eight_bit or not (
+                    body in ("7BIT", "8BITMIME") or (binary and body == "BINARYMIME")
                 ):
                     raise ProtocolError(replies.BAD_BODY_BINARY if binary else replies.BAD_BODY)
             size_text = rest.pop("SIZE", None)
