@@ -54,9 +54,10 @@ def _ehlo_reply(lines: tuple[str, ...]) -> Reply:
 
 class MadeOnUse(Generic[T]):
     """A field made by ``factory`` when first used, so that an idle session
-    holds none: a transaction's lists (``rcpttos``, ``mail_options`` ...),
-    a channel's plugin notes. The value lives in the slot of the same name
-    with a leading underscore, which ``None`` leaves unmade."""
+    holds none: the channel's plugin notes and XFORWARD attributes. The
+    value lives in the slot of the same name with a leading underscore,
+    which ``None`` leaves unmade. (The session's transaction lists are
+    properties instead: mypyc compiles no descriptor of this kind.)"""
 
     def __init__(self, factory: Callable[[], T]) -> None:
         self.factory = factory
