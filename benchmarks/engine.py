@@ -89,6 +89,24 @@ def running(kind: str, loop: str, upstream: int | None = None) -> Iterator[Serve
         server.stop()
 
 
+#: Where the measured server and its load run, when there are two CPUs:
+#: apart, so that neither takes the other's time, and where the scheduler
+#: puts busy processes does not decide a figure.
+SERVER_CPU, LOAD_CPU = 0, 1
+PINNED = (os.cpu_count() or 1) > 1
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Keep process ``pid`` (0: this one) on ``cpu``; nothing on one CPU."""
+    if PINNED:
+        os.sched_setaffinity(pid, {cpu})
+
+
+def loaded(port: int, **kwargs: int) -> float:
+    """:func:`smtp_source` on the load's CPU."""
+    return smtp_source(port, cpu=LOAD_CPU if PINNED else None, **kwargs)
+
+
 def smtp_source(
     port: int,
     *,

@@ -17,15 +17,17 @@ from __future__ import annotations
 import os
 import sys
 
-from benchmarks.engine import CONFIGS, SHIPPED, bench_args, running
-from benchmarks.engine import smtp_source as _smtp_source
-
-PROXY_CPU, OTHERS_CPU = 0, 1
-PINNED = (os.cpu_count() or 1) > 1
-
-
-def smtp_source(port: int, **kwargs: int) -> float:
-    return _smtp_source(port, cpu=OTHERS_CPU if PINNED else None, **kwargs)
+from benchmarks.engine import (
+    CONFIGS,
+    LOAD_CPU,
+    PINNED,
+    SERVER_CPU,
+    SHIPPED,
+    bench_args,
+    pin,
+    running,
+)
+from benchmarks.engine import loaded as smtp_source
 
 
 def measure(kind: str, loop: str, messages: int, repeat: int) -> tuple[float, int, int]:
@@ -33,9 +35,8 @@ def measure(kind: str, loop: str, messages: int, repeat: int) -> tuple[float, in
     best, sent = 0.0, 0
     with running("mmgate-sink", "uvloop") as upstream:
         with running(f"{kind}-proxy", loop, upstream.port) as proxy:
-            if PINNED:
-                os.sched_setaffinity(proxy.pid, {PROXY_CPU})
-                os.sched_setaffinity(upstream.pid, {OTHERS_CPU})
+            pin(proxy.pid, SERVER_CPU)
+            pin(upstream.pid, LOAD_CPU)
             smtp_source(proxy.port, sessions=16, messages=500, length=1024)  # warm up
             sent += 500
             for _ in range(repeat):
@@ -55,7 +56,7 @@ def main() -> int:
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; 16 connections of 1 KiB "
         f"messages via smtp-source, {messages} per round, best of {repeat}; upstream: "
         "mmgate sink on uvloop"
-        + (f"; proxy on CPU {PROXY_CPU}, sink and load on CPU {OTHERS_CPU}" if PINNED else "")
+        + (f"; proxy on CPU {SERVER_CPU}, sink and load on CPU {LOAD_CPU}" if PINNED else "")
     )
     results = {c: measure(*c, messages, repeat) for c in CONFIGS}
     print(f"{'proxy/loop':<20}{'msgs/s':>10}{'sent':>10}{'received upstream':>20}")

@@ -18,8 +18,17 @@ import os
 import statistics
 import sys
 
-from benchmarks.engine import bench_args, first_ehlo_ms, idle_connections, rss_kib, running
-from benchmarks.engine import smtp_source as _smtp_source
+from benchmarks.engine import (
+    LOAD_CPU,
+    SERVER_CPU,
+    bench_args,
+    first_ehlo_ms,
+    idle_connections,
+    pin,
+    rss_kib,
+    running,
+)
+from benchmarks.engine import loaded as smtp_source
 
 #: (label, server kind, loop)
 SERVERS = (
@@ -28,17 +37,11 @@ SERVERS = (
     ("aiosmtpd sink", "aiosmtpd-sink", "asyncio"),
     ("ceiling (minimal sink)", "ceiling-sink", "uvloop"),
 )
-SERVER_CPU, CLIENT_CPU = 0, 1
-
-
-def smtp_source(port: int, **kwargs: int) -> float:
-    return _smtp_source(port, cpu=CLIENT_CPU if (os.cpu_count() or 1) > 1 else None, **kwargs)
 
 
 def measure(kind: str, loop: str, small: int, large: int, repeat: int) -> dict[str, float]:
     with running(kind, loop) as server:
-        if (os.cpu_count() or 1) > 1:
-            os.sched_setaffinity(server.pid, {SERVER_CPU})
+        pin(server.pid, SERVER_CPU)
         smtp_source(server.port, sessions=16, messages=500, length=1024)  # warm up
         ehlo = first_ehlo_ms(server.port, 200)
         idle = idle_connections(server.pid, server.port, 2000)
@@ -72,7 +75,7 @@ def main() -> int:
     small, large, repeat = (4000, 8, 2) if args.quick else (30000, 40, 3)
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, "
-        f"smtp-source on CPU {CLIENT_CPU}; 1 KiB: {small} msgs x16 conns, "
+        f"smtp-source on CPU {LOAD_CPU}; 1 KiB: {small} msgs x16 conns, "
         f"10 MiB: {large} msgs x4 conns; best of {repeat}"
     )
     results = {label: measure(kind, loop, small, large, repeat) for label, kind, loop in SERVERS}

@@ -43,10 +43,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.engine import Server, build, cpu_seconds
+from benchmarks.engine import LOAD_CPU, PINNED, SERVER_CPU, Server, build, cpu_seconds, pin
 from mmgate import tls
 
-SERVER_CPU, CLIENT_CPU = 0, 1
 SMALL = b"From: a@example.org\r\nSubject: bench\r\n\r\n" + (b"x" * 62 + b"\r\n") * 16
 
 
@@ -146,7 +145,7 @@ def measure(
         [*client, str(port), mode, str(total)],
         capture_output=True,
         text=True,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {CLIENT_CPU})) if os.cpu_count() != 1 else None,
+        preexec_fn=(lambda: pin(0, LOAD_CPU)) if PINNED else None,
     )
     if out.returncode != 0:
         raise RuntimeError(f"the client failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -171,7 +170,7 @@ def main() -> int:
     print(build())
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, "
-        f"client ({'C' if client else 'Python'}) on CPU {CLIENT_CPU}; ECDSA P-256; 1 KiB: "
+        f"client ({'C' if client else 'Python'}) on CPU {LOAD_CPU}; ECDSA P-256; 1 KiB: "
         f"{small} messages, 16 at once, a TLS session each; 10 MiB: {large} messages over 4 "
         f"sessions; best of {repeat}"
     )
@@ -185,8 +184,7 @@ def main() -> int:
     ):
         server = Server(kind, loop)
         try:
-            if (os.cpu_count() or 1) > 1:
-                os.sched_setaffinity(server.pid, {SERVER_CPU})
+            pin(server.pid, SERVER_CPU)
             measure(client, server.pid, server.port, "small", 64)  # warm up
             small_runs = [
                 measure(client, server.pid, server.port, "small", small) for _ in range(repeat)
