@@ -372,6 +372,14 @@ class SMTPChannel(asyncio.Protocol):
             inbound.octets += len(data)
         framer = self.session.framer
         framer.receive_data(data)
+        if self._busy:
+            # The session waits (an upstream's verdict, process_message):
+            # what came stays buffered, and no more is read until the wait
+            # ends (_resume). Stopped only now, not at every wait: a client
+            # that waits for its reply, as most do, costs no stop and start.
+            if self._transport is not None:
+                self._transport.pause_reading()
+            return
         drained = self._process()
         inbound = self._inbound
         if inbound is not None and inbound.since is not None:
@@ -567,9 +575,7 @@ class SMTPChannel(asyncio.Protocol):
         in order (RFC 2920). ``work`` pushes its own reply; if it raises, the
         client gets 451 4.3.0 and the session goes on.
         """
-        self._busy = True
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._busy = True  # (reading stops if the client sends meanwhile: data_received)
         task = asyncio.ensure_future(work)
         task.add_done_callback(self._work_done)
 
@@ -701,8 +707,6 @@ class SMTPChannel(asyncio.Protocol):
                 self._end_transaction(outcome)
                 return
         outcome.add_done_callback(self._on_processed)
-        if not outcome.done() and self._transport is not None:
-            self._transport.pause_reading()
 
     def _smtpd_data(self, source: bytes | Spooled, lf: bool = False) -> bytes | str | Spooled:
         """The message as process_message takes it (``data_line_ending``,

@@ -3,9 +3,11 @@ it happens, and 250 after DATA only ever means the upstream said 250."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import smtplib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +18,7 @@ from mmgate import PureProxy
 from mmgate.relay.policy import RelayPolicy, parse_domains
 from mmgate.relay.trace import new_id
 from mmgate.relay.upstream import ClientTimeouts
-from tests.harness import RawClient, serving
+from tests.harness import RawClient, Recorder, serving
 from tests.upstream import DroppingUpstream, GreetingRefuser, Upstream, free_port
 
 MESSAGE = b"Subject: relay test\r\n\r\nHello upstream.\r\n"
@@ -127,6 +129,66 @@ def test_upstream_slower_than_the_timeout_is_451_4_4_2():
     ):
         replies = send(c, "a@example.com", ["slow@example.org"])
         assert replies[1] == (451, "4.4.2 Upstream timed out, try again later")
+
+
+class SlowChunkingSink(Recorder):
+    """mmgate's own server as the upstream: it offers CHUNKING, so the
+    message goes as BDAT; it takes 1.2 s over a message to slowdata@."""
+
+    slow = 0  # slow messages not done yet
+
+    async def process_message(self, peer, mailfrom, rcpttos, data, **kwargs):  # type: ignore[no-untyped-def]
+        if rcpttos[0].startswith("slowdata@"):
+            self.slow += 1
+            await asyncio.sleep(1.2)
+            self.slow -= 1
+        return await super().process_message(peer, mailfrom, rcpttos, data, **kwargs)
+
+
+@contextmanager
+def chunking_upstream() -> Iterator[tuple[str, int]]:
+    sink = SlowChunkingSink(("127.0.0.1", 0), None)
+    with serving(sink) as address:
+        yield address
+        deadline = time.monotonic() + 5
+        while sink.slow and time.monotonic() < deadline:  # its client left; it goes on
+            time.sleep(0.05)
+
+
+@contextmanager
+def data_upstream() -> Iterator[tuple[str, int]]:
+    with Upstream() as up:
+        yield up.address
+
+
+@pytest.mark.parametrize("upstream", [data_upstream, chunking_upstream], ids=["DATA", "BDAT"])
+def test_upstream_slow_to_take_the_message_is_451_4_4_2_never_early_and_its_session_not_reused(
+    upstream: Any,
+):
+    with (
+        upstream() as address,
+        proxy(address, client_timeouts=ClientTimeouts.uniform(0.5)) as (px, c),
+    ):
+        started = time.monotonic()
+        replies = send(c, "a@example.com", ["slowdata@example.org"])
+        waited = time.monotonic() - started
+        assert replies[-1] == (451, "4.4.2 Upstream timed out, try again later")
+        assert 0.5 <= waited < 1.5  # due at 0.5 s; the watcher looks every 0.25 s
+        # the late reply to that message must not pass for the next one's
+        assert send(c, "a@example.com", ["b@example.org"])[-1][0] == 250
+        assert px.pool is not None and px.pool.connects == 2
+
+
+def test_commands_pipelined_while_the_upstream_decides_are_answered_in_order():
+    with Upstream() as up, proxy(up.address) as (_px, c):
+        up.handler.slow_seconds = 0.3
+        c.send(
+            b"MAIL FROM:<a@example.com>\r\nRCPT TO:<slow@example.org>\r\n"
+            b"RCPT TO:<rcpt-550@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+        )
+        assert [c.reply()[0] for _ in range(5)] == [250, 250, 550, 250, 354]
+        assert c.cmd(MESSAGE + b".")[0] == 250
+    assert up.handler.messages[0].rcpt_tos == ["slow@example.org", "b@example.org"]
 
 
 def test_client_outside_relay_networks_gets_554_and_nothing_goes_upstream():

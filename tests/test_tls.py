@@ -6,6 +6,7 @@ smtplib, a raw TLS socket, and Postfix's posttls-finger.
 
 from __future__ import annotations
 
+import os
 import shutil
 import smtplib
 import ssl
@@ -203,6 +204,11 @@ def test_the_self_signed_default_is_made_once_with_a_private_key(tmp_path):
 def test_posttls_finger_sees_a_verified_tls_session(server, ca, tmp_path):
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
+    # Its own (empty) main.cf: a Postfix installed with no configuration, as
+    # tests/install_packages.sh leaves it, has none in /etc/postfix.
+    config = tmp_path / "postfix"
+    config.mkdir()
+    (config / "main.cf").write_text("")
     with serving(server) as (host, port):
         done = subprocess.run(
             [
@@ -221,6 +227,7 @@ def test_posttls_finger_sees_a_verified_tls_session(server, ca, tmp_path):
             capture_output=True,
             text=True,
             timeout=60,
+            env={**os.environ, "MAIL_CONFIG": str(config)},
         )
     out = done.stdout + done.stderr
     assert "Verified TLS connection established" in out, out

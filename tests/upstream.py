@@ -8,6 +8,7 @@ answers by the address it is given:
 * recipient ``rcpt-CODE@...``   -> RCPT gets CODE
 * recipient ``multi@...``       -> RCPT gets a three-line 550
 * recipient ``slow@...``        -> RCPT answers after ``slow_seconds``
+* recipient ``slowdata@...``    -> DATA answers after ``slow_seconds``
 * recipient ``drop@...``        -> the connection is closed at the end of DATA
 * a message with ``X-Upstream-Reply: CODE`` -> DATA gets CODE
 """
@@ -83,6 +84,8 @@ class ScriptedHandler:
             assert server.transport is not None
             server.transport.close()
             return "250 never seen"
+        if any(r.startswith("slowdata@") for r in envelope.rcpt_tos):
+            await asyncio.sleep(self.slow_seconds)
         content = envelope.original_content or b""
         m = re.search(rb"^X-Upstream-Reply: (\d{3})", content, re.M)
         if m:

@@ -23,7 +23,7 @@ import re
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -36,6 +36,9 @@ from mmgate.spoolfile import Spooled
 log = logging.getLogger("mmgate.relay")
 
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+#: What a command line may not carry (aiosmtplib's own check): a line break
+#: or other control character would let an argument smuggle in a command.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 #: Failures of the connection, not verdicts of the upstream.
 _LOST = (aiosmtplib.SMTPServerDisconnected, ConnectionError, OSError)
 _TIMEOUT = (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError, TimeoutError)
@@ -123,18 +126,103 @@ def _same_mailbox(address: str) -> str:
     return f"{local}{at}{domain.lower()}"
 
 
+class Deadlines:
+    """When each awaited upstream reply is due, checked by one watcher.
+
+    RFC 5321's waits are minutes long (4.5.3.2), and a relayed message waits
+    for three replies. ``asyncio.wait_for`` would make a timer, a future and
+    two callbacks for each; here a command notes its deadline in a dict, and
+    one task, alive only while some reply is awaited, looks every ``tick``
+    and closes a session whose reply is overdue. Its command then fails as
+    a timeout: at most one tick late, never early.
+    """
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self._due: dict[Connection, float] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    def expect(self, conn: Connection, timeout: float) -> None:
+        self._due[conn] = time.monotonic() + timeout
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    def answered(self, conn: Connection) -> None:
+        self._due.pop(conn, None)
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        try:
+            while self._due:
+                await asyncio.sleep(self.tick)
+                now = time.monotonic()
+                for conn, due in list(self._due.items()):
+                    if now >= due:
+                        del self._due[conn]
+                        conn.timed_out = True
+                        conn.close()  # the awaited reply fails: SMTPServerDisconnected
+        finally:
+            self._watcher = None
+
+
 class Connection:
     """One upstream SMTP session, EHLO done."""
 
-    __slots__ = ("dirty", "idle_since", "smtp")
+    __slots__ = ("deadlines", "dirty", "idle_since", "smtp", "timed_out")
 
-    def __init__(self, smtp: aiosmtplib.SMTP) -> None:
+    def __init__(self, smtp: aiosmtplib.SMTP, deadlines: Deadlines) -> None:
         self.smtp = smtp
+        self.deadlines = deadlines
         self.dirty = False  # a transaction may be open: RSET before reuse
         self.idle_since = 0.0
+        self.timed_out = False  # closed by the deadline watcher
 
     def supports(self, extension: str) -> bool:
         return self.smtp.supports_extension(extension)
+
+    async def command(self, *args: bytes, timeout: float) -> SMTPResponse:
+        """One command and its reply, as aiosmtplib's ``execute_command``
+        sends it, less the layers a transaction does not need here: a
+        Connection serves one transaction at a time, so there is no other
+        command to wait for (its lock), and no coroutine of its own between
+        this one and the protocol's. Every command of a relayed message goes
+        through here, three a message. The connection is closed, as
+        aiosmtplib closes it, on a lost session, a timeout (the reply would
+        pair with a later command) and 421."""
+        line = b" ".join(args)
+        if _CONTROL.search(line):
+            raise ValueError("Command arg contains a prohibited control character")
+        protocol = self.smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        protocol.write(line + b"\r\n")
+        return await self.read_reply(timeout)
+
+    async def read_reply(self, timeout: float) -> SMTPResponse:
+        """The reply to what was written, within ``timeout`` seconds (see
+        :class:`Deadlines`)."""
+        protocol = self.smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        deadlines = self.deadlines
+        deadlines.expect(self, timeout)
+        try:
+            response = await protocol.read_response(timeout=None)
+        except aiosmtplib.SMTPServerDisconnected:
+            self.close()
+            if self.timed_out:
+                raise aiosmtplib.SMTPReadTimeoutError(
+                    "Timed out waiting for server response"
+                ) from None
+            raise
+        finally:
+            deadlines.answered(self)
+        if response.code == 421:
+            self.close()
+        return response
 
     @property
     def alive(self) -> bool:
@@ -168,6 +256,7 @@ class UpstreamPool:
         self.timeouts = timeouts or ClientTimeouts()
         self._idle: list[Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
+        self._deadlines = Deadlines(tick=min(1.0, *(t / 2 for t in astuple(self.timeouts))))
         self.connects = 0  # sessions opened, for tests and stats
 
     async def acquire(self) -> tuple[Connection, bool]:
@@ -222,7 +311,7 @@ class UpstreamPool:
                     "upstream %s: %s; going on in plaintext (TLS policy may)", self.address, exc
                 )
                 return await self._connect(plaintext=True)
-        return Connection(smtp)
+        return Connection(smtp, self._deadlines)
 
     async def _start_tls(self, smtp: aiosmtplib.SMTP) -> None:
         if not smtp.supports_extension("starttls"):
@@ -240,6 +329,7 @@ class UpstreamPool:
             raise UpstreamTLSFailed(f"STARTTLS failed: {exc}") from None
 
     async def close(self) -> None:
+        self._deadlines.stop()
         idle, self._idle = self._idle, []
         for conn in idle:
             try:
@@ -312,23 +402,23 @@ class RelayTransaction:
                     continue  # a stale pooled session: nothing was sent, try a new one
                 log.warning("upstream %s: lost at MAIL: %s", self.pool.address, exc)
                 return relay_replies.UPSTREAM_LOST
+            if reply is None:
+                self._conn = conn
+                return None
             if reply.code == 421:
                 self.pool.release(conn, reusable=False)
                 if pooled and attempt == 1:
                     continue
                 return relay_replies.UPSTREAM_UNREACHABLE
-            if not reply.is_success:
-                self.pool.release(conn)
-                self._refused = reply
-                return reply
-            self._conn = conn
-            return None
+            self.pool.release(conn)
+            self._refused = reply
+            return reply
         return relay_replies.UPSTREAM_LOST  # pragma: no cover - the loop returns
 
-    async def _mail(self, conn: Connection) -> Reply:
-        smtp = conn.smtp
+    async def _mail(self, conn: Connection) -> Reply | None:
+        """MAIL upstream: None when it was taken, else the client's reply."""
         if conn.dirty:
-            await smtp.execute_command(b"RSET", timeout=self.pool.timeouts.mail)
+            await conn.command(b"RSET", timeout=self.pool.timeouts.mail)
             conn.dirty = False
         if self.smtputf8 and not conn.supports("smtputf8") and not self.sender.isascii():
             return relay_replies.NEEDS_SMTPUTF8_ADDRESS
@@ -343,8 +433,10 @@ class RelayTransaction:
             args.append(b"SMTPUTF8")
         if self.dsn and conn.supports("dsn"):
             args += [p.encode("ascii") for p in self.dsn]
-        response = await smtp.execute_command(b"MAIL", *args, timeout=self.pool.timeouts.mail)
-        conn.dirty = response.code == 250
+        response = await conn.command(b"MAIL", *args, timeout=self.pool.timeouts.mail)
+        if 200 <= response.code < 300:
+            conn.dirty = True
+            return None  # (our own 250 answers the client)
         return as_reply(response.code, response.message)
 
     async def rcpt(self, address: str, dsn: list[str] | None = None) -> Reply:
@@ -363,7 +455,7 @@ class RelayTransaction:
             return relay_replies.NEEDS_SMTPUTF8_ADDRESS
         try:
             params = [p.encode("ascii") for p in dsn or []] if conn.supports("dsn") else []
-            response: SMTPResponse = await conn.smtp.execute_command(
+            response: SMTPResponse = await conn.command(
                 b"RCPT",
                 b"TO:<" + address.encode("utf-8") + b">",
                 *params,
@@ -417,8 +509,7 @@ class RelayTransaction:
     async def _stream(self, conn: Connection, message: Spooled) -> SMTPResponse:
         """DATA from the spool file a block at a time, dot-stuffed on the way,
         writing no faster than the upstream reads (RFC 5321 4.5.3.2.5-6)."""
-        smtp = conn.smtp
-        start = await smtp.execute_command(b"DATA", timeout=self.pool.timeouts.mail)
+        start = await conn.command(b"DATA", timeout=self.pool.timeouts.mail)
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         return await self._send(conn, message.stuffed())
@@ -447,7 +538,7 @@ class RelayTransaction:
                 and transport.get_write_buffer_size() > _HIGH_WATER
             ):
                 await asyncio.sleep(0.002)
-        return await protocol.read_response(timeout=self.pool.timeouts.data_end)
+        return await conn.read_reply(self.pool.timeouts.data_end)
 
     def _broken(self, exc: BaseException, command: str) -> Reply:
         """The session failed at ``command``: drop it; 451 so the client retries."""
