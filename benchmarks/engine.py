@@ -152,8 +152,18 @@ def smtp_source(
 
 def bench_args(description: str) -> argparse.Namespace | None:
     """The benchmarks' common options; None (after saying why) if they cannot run."""
+    return bench_parse(bench_parser(description))
+
+
+def bench_parser(description: str) -> argparse.ArgumentParser:
+    """The common options' parser, for a benchmark to add its own to."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="fewer messages, for a smoke run")
+    return parser
+
+
+def bench_parse(parser: argparse.ArgumentParser) -> argparse.Namespace | None:
+    """Parse; None (after saying why) if the benchmark cannot run here."""
     args = parser.parse_args()
     if shutil.which("smtp-source") is None:
         print("smtp-source not found: apt-get install postfix", file=sys.stderr)
