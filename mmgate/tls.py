@@ -28,6 +28,11 @@ def server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     """A server context for ``cert`` (PEM, leaf first, then its chain) and ``key``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = MIN_VERSION
+    # One TLS 1.3 session ticket after a full handshake, as Postfix's server
+    # issues (OpenSSL's default is two): a client resuming sends back one,
+    # and each ticket costs both sides a key derivation, a session's
+    # encryption and a record of its own.
+    context.num_tickets = 1
     load(context, cert, key)
     return context
 

@@ -231,3 +231,32 @@ def test_posttls_finger_sees_a_verified_tls_session(server, ca, tmp_path):
         )
     out = done.stdout + done.stderr
     assert "Verified TLS connection established" in out, out
+
+
+def test_one_tls13_ticket_is_issued_and_it_resumes_the_session(server, client_context):
+    """As Postfix's server does: one ticket after a full handshake (OpenSSL
+    would send two), and a client that brings it back is resumed."""
+    tickets: list[object] = []
+
+    def seen(conn, direction, version, content_type, msg_type, data):  # type: ignore[no-untyped-def]
+        if direction == "read" and msg_type == ssl._TLSMessageType.NEWSESSION_TICKET:  # type: ignore[attr-defined]
+            tickets.append(data)
+
+    client_context._msg_callback = seen  # type: ignore[attr-defined]
+    client_context.maximum_version = ssl.TLSVersion.TLSv1_3
+    with serving(server) as address:
+        with smtplib.SMTP(*address) as first:
+            first.starttls(context=client_context)
+            first.ehlo()  # the ticket comes after the handshake: read past it
+            assert isinstance(first.sock, ssl.SSLSocket) and first.sock.version() == "TLSv1.3"
+            session = first.sock.session
+        assert len(tickets) == 1
+        with smtplib.SMTP(*address) as second:
+            second.ehlo()
+            assert second.docmd("STARTTLS")[0] == 220
+            second.sock = client_context.wrap_socket(
+                second.sock, server_hostname="mx.test.example", session=session
+            )
+            second.file = None
+            assert second.ehlo()[0] == 250
+            assert second.sock.session_reused
