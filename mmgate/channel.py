@@ -370,8 +370,7 @@ class SMTPChannel(asyncio.Protocol):
         inbound = self._inbound
         if inbound is not None and inbound.since is not None:
             inbound.octets += len(data)
-        framer = self.session.framer
-        framer.receive_data(data)
+        self.session.framer.receive_data(data)
         if self._busy:
             # The session waits (an upstream's verdict, process_message):
             # what came stays buffered, and no more is read until the wait
@@ -380,11 +379,16 @@ class SMTPChannel(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.pause_reading()
             return
-        drained = self._process()
+        self._note_partial(self._process())
+
+    def _note_partial(self, drained: bool) -> None:
+        """After the buffer was worked through (``drained``: all of it):
+        start the command line's clock if part of one is left, for the
+        sweep's ``command_timeout``."""
         inbound = self._inbound
         if inbound is not None and inbound.since is not None:
             return  # message text: its pace is what counts
-        if drained or not framer.buffered:
+        if drained or not self.session.framer.buffered:
             self._partial_since = None  # every line that came is complete
         elif self._partial_since is None:
             # (time.monotonic, not the loop's: no loop to keep, and on
@@ -594,7 +598,8 @@ class SMTPChannel(asyncio.Protocol):
         if not self._closing:
             if not self._write_paused:
                 self._transport.resume_reading()
-            self._process()
+            # what came during the wait may end in part of a command line
+            self._note_partial(self._process())
 
     def _reset_transaction(self) -> None:
         """Forget the transaction without moving the session (the client left)."""

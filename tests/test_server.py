@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import select
 import smtplib
 import socket
@@ -374,6 +375,27 @@ def test_a_command_line_dribbled_byte_by_byte_is_cut_off():
         started = time.monotonic()
         # each byte would re-arm the idle timer; the command's deadline holds
         _dribble(c, [bytes([b]) for b in b"NOOP and on and on and on and on"], 0.2)
+        assert c.reply() == (421, "4.4.2 Error: timeout exceeded")
+        assert time.monotonic() - started < 4
+        assert c.closed()
+
+
+class SlowMail:
+    """A plugin that takes 0.5 s over MAIL: the session waits meanwhile."""
+
+    async def hook_mail(self, ctx: Any, mail: Any) -> None:
+        await asyncio.sleep(0.5)
+
+
+def test_a_command_line_begun_while_the_session_waited_is_still_cut_off():
+    server = Recorder(("127.0.0.1", 0), None, command_timeout=1.0, plugins=[SlowMail()])
+    with serving(server) as address, RawClient(address) as c:
+        c.reply()
+        c.cmd("EHLO a")
+        started = time.monotonic()
+        # the start of the next command arrives while MAIL's verdict is awaited
+        c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@exa")
+        assert c.reply()[0] == 250
         assert c.reply() == (421, "4.4.2 Error: timeout exceeded")
         assert time.monotonic() - started < 4
         assert c.closed()
