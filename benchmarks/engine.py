@@ -20,9 +20,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from mmgate.mailman.embedded import free_port as free_port
 
@@ -36,6 +37,9 @@ CONFIGS = (
     ("mmgate", "uvloop"),
 )
 SHIPPED = {"aiosmtpd": "asyncio", "mmgate": "uvloop"}
+
+K = TypeVar("K")
+T = TypeVar("T")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -100,6 +104,24 @@ def pin(pid: int, cpu: int) -> None:
     """Keep process ``pid`` (0: this one) on ``cpu``; nothing on one CPU."""
     if PINNED:
         os.sched_setaffinity(pid, {cpu})
+
+
+def in_turn(keys: Sequence[K], rounds: int, take: Callable[[K], T]) -> dict[K, list[T]]:
+    """``take(key)`` for every key, ``rounds`` times, the keys in turn: round
+    one of each, then round two of each. This machine's speed drifts (by a
+    third within a minute, for every process alike: the load's own CPU time
+    per message moves with it), so rounds taken one server after the other
+    would judge each server by when it ran; in turn, a drift falls on all."""
+    out: dict[K, list[T]] = {key: [] for key in keys}
+    for _ in range(rounds):
+        for key in keys:
+            out[key].append(take(key))
+    return out
+
+
+def spread(values: Sequence[float]) -> float:
+    """(highest - lowest) / highest: how far apart the rounds were."""
+    return (max(values) - min(values)) / max(values)
 
 
 def loaded(port: int, **kwargs: int) -> float:
