@@ -2,16 +2,18 @@
 
     python -m benchmarks.tls [--quick]
 
-Each server runs alone in a child process (benchmarks/servers.py) with the
-same certificate (the self-signed default, ECDSA P-256, made for the run), as shipped:
-mmgate's smtpd-style sink (a plain ``def process_message``, smtpd's data
-form) and its tuned sink on uvloop, aiosmtpd's sink on asyncio, and the
-verb-only ceiling sink of benchmarks/servers.py taking STARTTLS on uvloop
-(what any Python server can do here: the handshake, the kernel and the
-loop cost it as much as anyone). The load
-is a C client (benchmarks/tlsload.c, built for the run with the system's
-compiler and OpenSSL; where it cannot be built, a Python client on uvloop
-does the same), in its own process, pinned to another CPU than the server:
+Each server runs in a child process of its own (benchmarks/servers.py),
+with the same certificate (the self-signed default, ECDSA P-256, made for
+the run), as shipped: mmgate's smtpd-style sink (a plain ``def
+process_message``, smtpd's data form) and its tuned sink on uvloop,
+aiosmtpd's sink on asyncio, and the verb-only ceiling sink of
+benchmarks/servers.py taking STARTTLS on uvloop (what any Python server can
+do here: the handshake, the kernel and the loop cost it as much as anyone).
+They run side by side on one CPU and are loaded one at a time, in turn,
+round after round (engine.in_turn). The load is a C client
+(benchmarks/tlsload.c, built for the run with the system's compiler and
+OpenSSL; where it cannot be built, a Python client on uvloop does the
+same), in its own process, pinned to the other CPU:
 
 * messages/s: 1 KiB messages, 16 connections at once, each connection a
   new TLS session (connect, EHLO, STARTTLS, EHLO, one message, QUIT), as
@@ -41,9 +43,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from benchmarks.engine import LOAD_CPU, PINNED, SERVER_CPU, Server, build, cpu_seconds, pin
+from benchmarks.engine import (
+    LOAD_CPU,
+    PINNED,
+    SERVER_CPU,
+    build,
+    cpu_seconds,
+    in_turn,
+    pin,
+    running,
+)
 from mmgate import tls
 
 SMALL = b"From: a@example.org\r\nSubject: bench\r\n\r\n" + (b"x" * 62 + b"\r\n") * 16
@@ -172,37 +184,41 @@ def main() -> int:
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, "
         f"client ({'C' if client else 'Python'}) on CPU {LOAD_CPU}; ECDSA P-256; 1 KiB: "
         f"{small} messages, 16 at once, a TLS session each; 10 MiB: {large} messages over 4 "
-        f"sessions; best of {repeat}"
+        f"sessions; best of {repeat} rounds, the servers in turn"
     )
     client = client or PYTHON_CLIENT
-    results: dict[str, dict[str, float]] = {}
-    for label, kind, loop in (
-        ("mmgate smtpd-style sink", "smtpd-sink", "uvloop"),
-        ("mmgate tuned sink", "mmgate-sink", "uvloop"),
-        ("aiosmtpd sink", "aiosmtpd-sink", "asyncio"),
-        ("ceiling (verbs only)", "ceiling-sink", "uvloop"),
-    ):
-        server = Server(kind, loop)
-        try:
+    kinds = {
+        "mmgate smtpd-style sink": ("smtpd-sink", "uvloop"),
+        "mmgate tuned sink": ("mmgate-sink", "uvloop"),
+        "aiosmtpd sink": ("aiosmtpd-sink", "asyncio"),
+        "ceiling (verbs only)": ("ceiling-sink", "uvloop"),
+    }
+    with ExitStack() as stack:
+        servers = {label: stack.enter_context(running(*kind)) for label, kind in kinds.items()}
+        for server in servers.values():
             pin(server.pid, SERVER_CPU)
             measure(client, server.pid, server.port, "small", 64)  # warm up
-            small_runs = [
-                measure(client, server.pid, server.port, "small", small) for _ in range(repeat)
-            ]
-            large_runs = [
-                measure(client, server.pid, server.port, "large", large) for _ in range(repeat)
-            ]
-            best_small, best_large = max(small_runs), max(large_runs)
-            results[label] = {
-                "small": best_small[0],
-                "small_cpu": min(r[1] for r in small_runs),
-                "small_load": best_small[2],
-                "large": best_large[0],
-                "large_cpu": min(r[1] for r in large_runs),
-                "large_load": best_large[2],
-            }
-        finally:
-            server.stop()
+
+        def rounds(mode: str, total: int) -> dict[str, list[tuple[float, float, float]]]:
+            return in_turn(
+                list(servers),
+                repeat,
+                lambda label: measure(client, servers[label].pid, servers[label].port, mode, total),
+            )
+
+        runs = {"small": rounds("small", small), "large": rounds("large", large)}
+    results: dict[str, dict[str, float]] = {}
+    for label in servers:
+        small_runs, large_runs = runs["small"][label], runs["large"][label]
+        best_small, best_large = max(small_runs), max(large_runs)
+        results[label] = {
+            "small": best_small[0],
+            "small_cpu": min(r[1] for r in small_runs),
+            "small_load": best_small[2],
+            "large": best_large[0],
+            "large_cpu": min(r[1] for r in large_runs),
+            "large_load": best_large[2],
+        }
     peer = results["aiosmtpd sink"]
     print(
         f"{'':<26}{'msgs/s':>8}{'CPU ms/msg':>12}{'load CPU':>10}"
@@ -216,6 +232,16 @@ def main() -> int:
         )
     for label in ("mmgate smtpd-style sink", "mmgate tuned sink"):
         ours = results[label]
+        paired = [
+            mine[0] / theirs[0]
+            for mine, theirs in zip(
+                runs["small"][label], runs["small"]["aiosmtpd sink"], strict=True
+            )
+        ]
+        print(
+            f"{label}/aiosmtpd, messages/s round by round: "
+            + ", ".join(f"{x:.2f}x" for x in paired)
+        )
         print(
             f"{label}/aiosmtpd: {ours['small'] / peer['small']:.2f}x messages/s "
             f"({peer['small_cpu'] / ours['small_cpu']:.2f}x less server CPU per message), "
