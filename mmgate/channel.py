@@ -45,6 +45,14 @@ T = TypeVar("T")
 _BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
+def _spawn(work: Awaitable[Any]) -> None:
+    """Run ``work`` as a task, held until done: the loop keeps only weak
+    references to tasks."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
 @lru_cache(maxsize=64)  # (bounded: settings may be reloaded many times)
 def _ehlo_reply(lines: tuple[str, ...]) -> Reply:
     """The EHLO reply of these lines (name, then keywords), made once per
@@ -556,9 +564,7 @@ class SMTPChannel(asyncio.Protocol):
     def _background(result: HookResult) -> None:
         """A hook whose verdict does not matter (disconnect, reset)."""
         if pending(result):
-            task = asyncio.ensure_future(result)
-            _BACKGROUND.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(_BACKGROUND.discard)
+            _spawn(result)
 
     def transaction_ended(self) -> None:
         """Called whenever the transaction state is cleared: after a message,
@@ -580,15 +586,23 @@ class SMTPChannel(asyncio.Protocol):
         client gets 451 4.3.0 and the session goes on.
         """
         self._busy = True  # (reading stops if the client sends meanwhile: data_received)
-        task = asyncio.ensure_future(work)
-        task.add_done_callback(self._work_done)
+        _spawn(self._then_read_on(work))
 
-    def _work_done(self, task: asyncio.Future[None]) -> None:
-        self._busy = False
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: command failed", self._peer_text, exc_info=task.exception())
+    async def _then_read_on(self, work: Awaitable[None]) -> None:
+        """``work``, then reading on as the task's last step. Not from a
+        callback once the task is done: that would run a turn of the loop
+        later, after whatever the loop queued meanwhile. After STARTTLS that
+        is the client's first command over TLS, which then waited while the
+        session ticket left in a write of its own, instead of in one with
+        the reply."""
+        try:
+            await work
+        except Exception:
+            log.error("%s: command failed", self._peer_text, exc_info=True)
             self.push(replies.LOCAL_ERROR)
-        self._resume()
+        finally:
+            self._busy = False
+            self._resume()
 
     def _resume(self) -> None:
         self._partial_since = self._idle_since = None  # the wait was ours, not the client's
