@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -122,6 +123,12 @@ def in_turn(keys: Sequence[K], rounds: int, take: Callable[[K], T]) -> dict[K, l
 def spread(values: Sequence[float]) -> float:
     """(highest - lowest) / highest: how far apart the rounds were."""
     return (max(values) - min(values)) / max(values)
+
+
+def load_cpu_seconds() -> float:
+    """CPU time this process's finished children (the load) have used so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def loaded(port: int, **kwargs: int) -> float:

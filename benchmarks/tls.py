@@ -36,7 +36,6 @@ import asyncio
 import atexit
 import json
 import os
-import resource
 import shutil
 import ssl
 import subprocess
@@ -53,6 +52,7 @@ from benchmarks.engine import (
     build,
     cpu_seconds,
     in_turn,
+    load_cpu_seconds,
     pin,
     running,
 )
@@ -151,7 +151,7 @@ def measure(
     """Messages per second (or MB per second), the server's CPU
     milliseconds per message, and the share of its CPU the load used."""
     server_cpu = cpu_seconds(server)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = load_cpu_seconds()
     started = time.perf_counter()
     out = subprocess.run(
         [*client, str(port), mode, str(total)],
@@ -162,8 +162,7 @@ def measure(
     if out.returncode != 0:
         raise RuntimeError(f"the client failed: {out.stderr.strip().splitlines()[-1:]}")
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
+    load = (load_cpu_seconds() - before) / wall
     per_message = (cpu_seconds(server) - server_cpu) * 1000 / total
     seconds = float(out.stdout.strip())
     if mode == "small":
