@@ -145,6 +145,41 @@ def test_subclass_adds_a_command_and_sockets_have_nodelay():
         assert c.cmd("XNODELAY") == (250, "2.0.0 nodelay=1 peer=127.0.0.1 greeting=client.example")
 
 
+class _WaitingChannel(SMTPChannel):
+    """Commands whose reply comes from elsewhere, through ``wait_for``."""
+
+    def smtp_XLATER(self, arg):
+        async def verdict() -> None:
+            await asyncio.sleep(0.05)
+            self.push(f"250 2.0.0 later {arg}")
+
+        self.wait_for(verdict())
+
+    def smtp_XFAIL(self, arg):
+        async def verdict() -> None:
+            await asyncio.sleep(0)
+            raise RuntimeError("the verdict's source broke")
+
+        self.wait_for(verdict())
+
+
+class _WaitingServer(Recorder):
+    channel_class = _WaitingChannel
+
+
+def test_commands_pipelined_behind_a_wait_are_answered_after_it_and_a_failed_wait_is_451():
+    with serving(_WaitingServer(("127.0.0.1", 0), None)) as address, RawClient(address) as c:
+        c.reply()
+        c.send(b"XLATER one\r\nNOOP\r\nXLATER two\r\nXFAIL\r\nNOOP\r\n")
+        assert [c.reply() for _ in range(5)] == [
+            (250, "2.0.0 later one"),
+            (250, "2.0.0 OK"),
+            (250, "2.0.0 later two"),
+            (451, "4.3.0 Error: local error in processing"),
+            (250, "2.0.0 OK"),
+        ]
+
+
 class _KeepsItsOwnState(SMTPChannel):
     """An smtpd-style subclass: attributes of its own, set in __init__."""
 
