@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from benchmarks.engine import bench_parse, bench_parser, free_port, in_turn, smtp_source
@@ -267,24 +268,21 @@ def measure_home(base: str | None, quick: bool) -> None:
         f"({file_system(var)})"
     )
     runner = str(Path(sys.executable).with_name("runner"))
-    servers = {
-        "Mailman LMTP runner": ([runner, "-C", str(cfg), "--runner=lmtp:0:1"], lmtp_port, True),
+    rounds_of = {
+        "Mailman LMTP runner": partial(
+            one_round, [runner, "-C", str(cfg), "--runner=lmtp:0:1"], lmtp_port, lmtp=True
+        ),
         **{
-            f"mmgate serve (spool {sync})": (
+            f"mmgate serve (spool {sync})": partial(
+                one_round,
                 serve_command(cfg, var, smtp_port, "--spool-sync", sync),
                 smtp_port,
-                False,
+                lmtp=False,
             )
             for sync in ("batch", "file")
         },
     }
-    rounds = in_turn(
-        list(servers),
-        repeat,
-        lambda name: one_round(
-            servers[name][0], servers[name][1], inq, messages, lmtp=servers[name][2]
-        ),
-    )
+    rounds = in_turn(list(rounds_of), repeat, lambda name: rounds_of[name](inq, messages))
     for name, rates in rounds.items():
         print(
             f"{name:<28}{max(rates):>10.0f} posts/s   rounds: "

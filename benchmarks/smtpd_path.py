@@ -79,20 +79,22 @@ def measure(servers: dict[str, Server], small: int, large: int, repeat: int) -> 
             / smtp_source(servers[label].port, sessions=4, messages=large, length=10 * 2**20)
         ),
     )
-    return {
-        label: {
-            "small": max(rate for rate, _ in small_rounds[label]),
-            "small_rounds": [rate for rate, _ in small_rounds[label]],
-            "small_spread": spread([rate for rate, _ in small_rounds[label]]),
-            "load_us": min(cpu for _, cpu in small_rounds[label]),
-            "load_spread": spread([cpu for _, cpu in small_rounds[label]]),
+    results: dict[str, Any] = {}
+    for label in labels:
+        rates = [rate for rate, _ in small_rounds[label]]
+        load = [cpu for _, cpu in small_rounds[label]]
+        results[label] = {
+            "small": max(rates),
+            "small_rounds": rates,
+            "small_spread": spread(rates),
+            "load_us": min(load),
+            "load_spread": spread(load),
             "large": max(large_rates[label]),
             "peak_rss": rss_kib(servers[label].pid, "VmHWM") / 1024,
             "idle": idle[label],
             "ehlo": statistics.median(ehlo[label]),
         }
-        for label in labels
-    }
+    return results
 
 
 def main() -> int:

@@ -134,16 +134,14 @@ close_conn(Conn *c)
     free(c);
 }
 
-/* Whether an SSL call that returned r may be retried once the socket is
- * ready; dies on anything else. */
-static int
+/* Returns if an SSL call that returned r is to be retried once the socket
+ * is ready; dies on anything else. */
+static void
 would_block(Conn *c, int r, const char *what)
 {
     int e = SSL_get_error(c->ssl, r);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-        return 1;
-    die(what);
-    return 0;
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+        die(what);
 }
 
 /* Read more into the buffer: 1 if something came, 0 if it would block. */
@@ -267,6 +265,25 @@ advance(Conn *c)
     }
 }
 
+/* small: TOTAL sessions of one message, 16 at once; large: 4 sessions of
+ * TOTAL/4 messages each */
+static long sessions, per_session, started, running;
+static int width;
+
+/* Start sessions until WIDTH run at once or every one has started. */
+static void
+fill_up(void)
+{
+    while (started < sessions && running < width) {
+        Conn *c = open_conn(per_session);
+        started++;
+        if (advance(c))
+            close_conn(c);
+        else
+            running++;
+    }
+}
+
 static char *
 make_body(const char *head, const char *line, size_t lines, size_t *len)
 {
@@ -312,20 +329,12 @@ main(int argc, char **argv)
     if (epfd < 0)
         die("no epoll");
 
-    /* small: 16 sessions at once of one message each, a new one as each
-     * ends; large: 4 sessions, TOTAL/4 messages each */
-    int width = large ? 4 : 16;
-    long per_session = large ? total / 4 : 1;
-    long sessions = large ? 4 : total, started = 0, running = 0;
+    width = large ? 4 : 16;
+    per_session = large ? total / 4 : 1;
+    sessions = large ? 4 : total;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (; started < sessions && running < width; started++, running++) {
-        Conn *c = open_conn(per_session);
-        if (advance(c)) {
-            close_conn(c);
-            running--;
-        }
-    }
+    fill_up();
     struct epoll_event events[16];
     while (running > 0) {
         int n = epoll_wait(epfd, events, 16, 10000);
@@ -339,15 +348,7 @@ main(int argc, char **argv)
                 continue;
             close_conn(c);
             running--;
-            if (started < sessions) {
-                Conn *next = open_conn(per_session);
-                started++;
-                running++;
-                if (advance(next)) {
-                    close_conn(next);
-                    running--;
-                }
-            }
+            fill_up();
         }
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
